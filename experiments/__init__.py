@@ -1,0 +1,1 @@
+"""Registered experiments, one file per family; lmlib.experiment imports every module here."""

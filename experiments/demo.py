@@ -1,0 +1,21 @@
+"""The demo: a small Llama that learns Python from the standard library on two CPU cores."""
+
+from lmlib.experiment import Experiment, register
+from lmlib.models.llama import LlamaConfig
+from lmlib.train.loop import TrainerConfig
+from lmlib.train.optimizer import AdamW
+
+
+@register
+class StdlibLlama(Experiment):
+    """Demo: a 4M-parameter Llama trained on the Python standard library (CPU, minutes)."""
+
+    def model(self):
+        return LlamaConfig.demo()
+
+    def optimizer(self):
+        return AdamW(learning_rate=3e-3, warmup=0.05, weight_decay=0.1)
+
+    def trainer(self):
+        return TrainerConfig(num_train_steps=300, batch_size=16, log_every=10, eval_every=100,
+                             eval_batches=8)

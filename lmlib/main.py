@@ -1,0 +1,56 @@
+"""python -m lmlib.main --exp=NAME [--set key=value ...] [--workdir=DIR] [--mode=...]
+
+Modes: train (default), eval (loss and perplexity on the eval split), dry_run (build and compile
+one step, report memory per device, train nothing), show (the resolved config and derived
+numbers, nothing allocated), list (the registered experiments).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import app, flags
+
+from lmlib.errors import ConfigError
+
+FLAGS = flags.DEFINE_string("exp", None, "Registered experiment name (--mode=list lists them).")
+flags.DEFINE_multi_string("set", [], "Override a config field: --set trainer.batch_size=64.")
+flags.DEFINE_string("workdir", None, "Run directory: metrics.jsonl, tensorboard/, config.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "dry_run", "show", "list"], "What to do.")
+
+
+def run(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments {argv[1:]}; options take the form --name=value")
+    from lmlib import experiment, runner
+
+    mode = flags.FLAGS.mode
+    if mode == "list":
+        print(runner.list_experiments())
+        return
+    if not flags.FLAGS.exp:
+        raise ConfigError("--exp is required (--mode=list lists the experiments)")
+    config = experiment.resolve(flags.FLAGS.exp, flags.FLAGS.set)
+    if mode == "show":
+        print(runner.show(config))
+    elif mode == "dry_run":
+        runner.dry_run(config)
+    elif mode == "eval":
+        runner.evaluate(config, flags.FLAGS.workdir)
+    else:
+        runner.train(config, flags.FLAGS.workdir)
+
+
+def main(argv: list[str]) -> None:
+    # JAX logs at INFO that it found no TPU; on a CPU or GPU machine that is noise.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    try:
+        run(argv)
+    except ConfigError as e:  # a user mistake: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,247 @@
+"""Building blocks shared by the model families: embeddings, norms, attention, MLPs, the layer scan.
+
+Shapes in names: B batch, T query length, S key length, D model width, N query heads,
+K key/value heads, H head dim, F MLP width, V vocabulary, L layers.
+Every parameter carries logical axis names (see lmlib/mesh.py for the rules that shard them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lmlib.mesh import constrain
+
+Initializer = Callable[..., jax.Array]
+
+
+def param(rngs: nnx.Rngs, init: Initializer, shape: Sequence[int],
+          names: Sequence[str]) -> nnx.Param:
+    """A float32 parameter annotated with logical axis names (mapped to the mesh by lmlib.mesh)."""
+    return nnx.Param(init(rngs.params(), tuple(shape), jnp.float32),
+                     out_sharding=tuple(names), eager_sharding=False)
+
+
+def normal(stddev: float) -> Initializer:
+    return nnx.initializers.normal(stddev)
+
+
+zeros = nnx.initializers.zeros
+ones = nnx.initializers.ones
+
+
+class Embed(nnx.Module):
+    """Token embedding table; `attend` reuses it as the output head when embeddings are tied."""
+
+    def __init__(self, vocab_size: int, dim: int, init: Initializer, rngs: nnx.Rngs):
+        self.table = param(rngs, init, (vocab_size, dim), ("vocab", "embed"))
+
+    def __call__(self, tokens_bt: jax.Array) -> jax.Array:
+        return jnp.take(self.table[...], tokens_bt, axis=0)
+
+    def attend(self, x_btd: jax.Array) -> jax.Array:
+        return jnp.einsum("BTD,VD->BTV", x_btd, self.table[...])
+
+
+class RMSNorm(nnx.Module):
+    """Root-mean-square norm (Zhang & Sennrich 2019), statistics in float32."""
+
+    def __init__(self, dim: int, eps: float, rngs: nnx.Rngs):
+        self.scale = param(rngs, ones, (dim,), ("norm",))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (x32 * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm with bias (GPT-2), statistics in float32."""
+
+    def __init__(self, dim: int, eps: float, rngs: nnx.Rngs):
+        self.scale = param(rngs, ones, (dim,), ("norm",))
+        self.bias = param(rngs, zeros, (dim,), ("norm",))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        x32 = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        return (x32 * self.scale[...] + self.bias[...]).astype(x.dtype)
+
+
+def apply_rope(x_btnh: jax.Array, positions_bt: jax.Array, theta: float) -> jax.Array:
+    """Rotary position embedding (Su et al. 2021) in the rotate-half layout of HF Llama."""
+    head_dim = x_btnh.shape[-1]
+    inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    angles = positions_bt[..., None].astype(jnp.float32) * inv_freq  # (B, T, H/2)
+    sin = jnp.sin(angles)[:, :, None, :]
+    cos = jnp.cos(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x_btnh.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x_btnh.dtype)
+
+
+def attention_mask(segment_ids_bt: jax.Array) -> jax.Array:
+    """(B, 1, T, T) boolean: causal, and only within the same packed document."""
+    length = segment_ids_bt.shape[1]
+    causal = jnp.tril(jnp.ones((length, length), dtype=jnp.bool_))
+    same_doc = segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :]
+    return (causal[None] & same_doc)[:, None]
+
+
+def default_attention_impl() -> str:
+    """cuDNN flash attention on GPU, XLA elsewhere (splash on TPU is the next hook to fill)."""
+    return "cudnn" if jax.default_backend() == "gpu" else "xla"
+
+
+def dot_product_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array,
+                          segment_ids_bt: jax.Array, implementation: str = "auto") -> jax.Array:
+    """Causal attention within packed documents; the one place an implementation is chosen.
+
+    jax.nn.dot_product_attention handles grouped-query attention (N a multiple of K) and keeps
+    the logits and softmax in float32 even for bfloat16 inputs.
+    """
+    if implementation == "auto":
+        implementation = default_attention_impl()
+    return jax.nn.dot_product_attention(
+        q_btnh, k_bskh, v_bskh, mask=attention_mask(segment_ids_bt),
+        implementation=implementation)
+
+
+class Attention(nnx.Module):
+    """Multi-head attention with grouped-query heads, optional RoPE and optional biases."""
+
+    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
+                 qkv_bias: bool, out_bias: bool, rope_theta: float | None,
+                 init: Initializer, out_init: Initializer, implementation: str,
+                 rngs: nnx.Rngs):
+        self.q = param(rngs, init, (dim, num_heads, head_dim), ("embed", "heads", "head_dim"))
+        self.k = param(rngs, init, (dim, num_kv_heads, head_dim),
+                       ("embed", "kv_heads", "head_dim"))
+        self.v = param(rngs, init, (dim, num_kv_heads, head_dim),
+                       ("embed", "kv_heads", "head_dim"))
+        self.o = param(rngs, out_init, (num_heads, head_dim, dim), ("heads", "head_dim", "embed"))
+        if qkv_bias:
+            self.q_bias = param(rngs, zeros, (num_heads, head_dim), ("heads", "head_dim"))
+            self.k_bias = param(rngs, zeros, (num_kv_heads, head_dim), ("kv_heads", "head_dim"))
+            self.v_bias = param(rngs, zeros, (num_kv_heads, head_dim), ("kv_heads", "head_dim"))
+        if out_bias:
+            self.o_bias = param(rngs, zeros, (dim,), ("embed",))
+        self.qkv_bias, self.out_bias = qkv_bias, out_bias
+        self.rope_theta = rope_theta
+        self.implementation = implementation
+
+    def __call__(self, x_btd: jax.Array, positions_bt: jax.Array,
+                 segment_ids_bt: jax.Array) -> jax.Array:
+        q_btnh = jnp.einsum("BTD,DNH->BTNH", x_btd, self.q[...])
+        k_btkh = jnp.einsum("BTD,DKH->BTKH", x_btd, self.k[...])
+        v_btkh = jnp.einsum("BTD,DKH->BTKH", x_btd, self.v[...])
+        if self.qkv_bias:
+            q_btnh += self.q_bias[...]
+            k_btkh += self.k_bias[...]
+            v_btkh += self.v_bias[...]
+        if self.rope_theta is not None:
+            q_btnh = apply_rope(q_btnh, positions_bt, self.rope_theta)
+            k_btkh = apply_rope(k_btkh, positions_bt, self.rope_theta)
+        q_btnh = constrain(q_btnh, ("act_batch", "act_length", "act_heads", "act_head_dim"))
+        k_btkh = constrain(k_btkh, ("act_batch", "act_length", "act_kv_heads", "act_head_dim"))
+        out_btnh = dot_product_attention(q_btnh, k_btkh, v_btkh, segment_ids_bt,
+                                         self.implementation)
+        out_btd = jnp.einsum("BTNH,NHD->BTD", out_btnh, self.o[...])
+        if self.out_bias:
+            out_btd += self.o_bias[...]
+        return out_btd
+
+
+class GatedMLP(nnx.Module):
+    """SwiGLU feed-forward (Shazeer 2020), as in Llama."""
+
+    def __init__(self, dim: int, mlp_dim: int, init: Initializer, out_init: Initializer,
+                 rngs: nnx.Rngs):
+        self.gate = param(rngs, init, (dim, mlp_dim), ("embed", "mlp"))
+        self.up = param(rngs, init, (dim, mlp_dim), ("embed", "mlp"))
+        self.down = param(rngs, out_init, (mlp_dim, dim), ("mlp", "embed"))
+
+    def __call__(self, x_btd: jax.Array) -> jax.Array:
+        gate_btf = jnp.einsum("BTD,DF->BTF", x_btd, self.gate[...])
+        up_btf = jnp.einsum("BTD,DF->BTF", x_btd, self.up[...])
+        h_btf = constrain(jax.nn.silu(gate_btf) * up_btf, ("act_batch", "act_length", "act_mlp"))
+        return jnp.einsum("BTF,FD->BTD", h_btf, self.down[...])
+
+
+class GeluMLP(nnx.Module):
+    """Two-layer GELU feed-forward with biases, as in GPT-2 (tanh-approximate GELU)."""
+
+    def __init__(self, dim: int, mlp_dim: int, init: Initializer, out_init: Initializer,
+                 rngs: nnx.Rngs):
+        self.up = param(rngs, init, (dim, mlp_dim), ("embed", "mlp"))
+        self.up_bias = param(rngs, zeros, (mlp_dim,), ("mlp",))
+        self.down = param(rngs, out_init, (mlp_dim, dim), ("mlp", "embed"))
+        self.down_bias = param(rngs, zeros, (dim,), ("embed",))
+
+    def __call__(self, x_btd: jax.Array) -> jax.Array:
+        h_btf = jnp.einsum("BTD,DF->BTF", x_btd, self.up[...]) + self.up_bias[...]
+        h_btf = constrain(jax.nn.gelu(h_btf, approximate=True),
+                          ("act_batch", "act_length", "act_mlp"))
+        return jnp.einsum("BTF,FD->BTD", h_btf, self.down[...]) + self.down_bias[...]
+
+
+class Block(nnx.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, attn_norm: nnx.Module, attn: Attention, mlp_norm: nnx.Module,
+                 mlp: nnx.Module):
+        self.attn_norm, self.attn, self.mlp_norm, self.mlp = attn_norm, attn, mlp_norm, mlp
+
+    def __call__(self, x_btd: jax.Array, positions_bt: jax.Array,
+                 segment_ids_bt: jax.Array) -> jax.Array:
+        x_btd = x_btd + self.attn(self.attn_norm(x_btd), positions_bt, segment_ids_bt)
+        x_btd = x_btd + self.mlp(self.mlp_norm(x_btd))
+        return constrain(x_btd, ("act_batch", "act_length", "act_embed"))
+
+
+# What the backward pass may keep from the forward pass of each layer (the rest is recomputed).
+REMAT_POLICIES = {
+    "none": None,  # no remat: keep everything (fastest, most memory)
+    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
+    "full": jax.checkpoint_policies.nothing_saveable,  # keep only each layer's input
+}
+
+
+class ScannedBlocks(nnx.Module):
+    """`num_layers` blocks with parameters stacked on a leading "layers" axis, applied by a scan.
+
+    Scanning compiles one layer instead of L, so compile time stays flat in depth.
+    """
+
+    def __init__(self, make_block: Callable[[nnx.Rngs], Block], num_layers: int, remat: str,
+                 rngs: nnx.Rngs):
+        @nnx.split_rngs(splits=num_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def create(rngs: nnx.Rngs) -> Block:
+            return make_block(rngs)
+
+        self.blocks = create(rngs)
+        self.remat = remat
+
+    def __call__(self, x_btd: jax.Array, positions_bt: jax.Array,
+                 segment_ids_bt: jax.Array) -> jax.Array:
+        def body(x_btd, block):
+            return block(x_btd, positions_bt, segment_ids_bt)
+
+        if self.remat != "none":
+            body = nnx.remat(body, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
+        return nnx.scan(body, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)(x_btd, self.blocks)
+
+
+def flops_per_token(matmul_params: int, num_layers: int, attention_dim: int,
+                    seq_len: int) -> int:
+    """Training FLOPs per token: 6 per matmul parameter plus attention scores and values
+    (PaLM, Chowdhery et al. 2022, appendix B): 6N + 12 * L * (heads * head_dim) * T."""
+    return 6 * matmul_params + 12 * num_layers * attention_dim * seq_len

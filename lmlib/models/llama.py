@@ -1,0 +1,129 @@
+"""Llama (Touvron et al. 2023): RMSNorm, rotary positions, SwiGLU, grouped-query attention.
+
+Also covers the Llama-shaped families (TeenyTinyLlama, Mistral-style GQA) through presets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lmlib.errors import ConfigError
+from lmlib.mesh import constrain
+from lmlib.models import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    vocab_size: int = 32000
+    hidden_dim: int = 4096
+    num_layers: int = 32
+    num_heads: int = 32
+    num_kv_heads: int | None = None  # grouped-query attention; None = num_heads (plain MHA)
+    head_dim: int | None = None  # None = hidden_dim // num_heads
+    mlp_dim: int = 11008
+    seq_len: int = 2048  # training context length
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    init_std: float = 0.02
+    remat: str = "full"  # none | minimal | full: what the backward pass recomputes
+    attention_impl: str = "auto"  # auto | xla | cudnn
+
+    def __post_init__(self):
+        kv_heads = self.num_kv_heads or self.num_heads
+        if self.num_heads % kv_heads:
+            raise ConfigError(f"model.num_heads={self.num_heads} is not a multiple of "
+                              f"model.num_kv_heads={kv_heads}")
+        if self.head_dim is None and self.hidden_dim % self.num_heads:
+            raise ConfigError(f"model.hidden_dim={self.hidden_dim} is not divisible by "
+                              f"model.num_heads={self.num_heads}; set model.head_dim")
+        if self.remat not in layers.REMAT_POLICIES:
+            raise ConfigError(f"model.remat={self.remat!r}: choose one of "
+                              f"{sorted(layers.REMAT_POLICIES)}")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.hidden_dim // self.num_heads
+
+    # Presets: a named size is a classmethod, so an experiment reads `LlamaConfig.llama2_7b()`.
+    @classmethod
+    def demo(cls) -> LlamaConfig:
+        """A few-million-parameter Llama that learns Python on two CPU cores in minutes."""
+        return cls(vocab_size=4096, hidden_dim=256, num_layers=4, num_heads=4, num_kv_heads=2,
+                   mlp_dim=768, seq_len=256, tie_embeddings=True, remat="none")
+
+    @classmethod
+    def teenytinyllama_160m(cls) -> LlamaConfig:
+        """TeenyTinyLlama-160m (Corrêa et al. 2024)."""
+        return cls(vocab_size=32000, hidden_dim=768, num_layers=12, num_heads=12,
+                   mlp_dim=3072, seq_len=2048)
+
+    @classmethod
+    def llama_1b(cls) -> LlamaConfig:
+        """The ~1.1B benchmark shape (Llama-3.2-1B layout with the Llama-2 vocabulary)."""
+        return cls(vocab_size=32000, hidden_dim=2048, num_layers=16, num_heads=32,
+                   num_kv_heads=8, mlp_dim=8192, seq_len=2048)
+
+    @classmethod
+    def llama2_7b(cls) -> LlamaConfig:
+        return cls(vocab_size=32000, hidden_dim=4096, num_layers=32, num_heads=32,
+                   mlp_dim=11008, seq_len=4096)
+
+    @classmethod
+    def llama1_7b(cls) -> LlamaConfig:
+        return cls(vocab_size=32000, hidden_dim=4096, num_layers=32, num_heads=32,
+                   mlp_dim=11008, seq_len=2048, norm_eps=1e-6)
+
+    def make(self, rngs: nnx.Rngs) -> Llama:
+        return Llama(self, rngs)
+
+    def flops_per_token(self) -> int:
+        d, h = self.hidden_dim, self.head_size
+        per_layer = d * self.num_heads * h * 2 + d * self.kv_heads * h * 2 + 3 * d * self.mlp_dim
+        matmul_params = self.num_layers * per_layer + self.vocab_size * d
+        return layers.flops_per_token(matmul_params, self.num_layers, self.num_heads * h,
+                                      self.seq_len)
+
+
+class Llama(nnx.Module):
+    def __init__(self, config: LlamaConfig, rngs: nnx.Rngs):
+        c = config
+        self.config = c
+        init = layers.normal(c.init_std)
+
+        def make_block(rngs: nnx.Rngs) -> layers.Block:
+            return layers.Block(
+                layers.RMSNorm(c.hidden_dim, c.norm_eps, rngs),
+                layers.Attention(c.hidden_dim, c.num_heads, c.kv_heads, c.head_size,
+                                 qkv_bias=False, out_bias=False, rope_theta=c.rope_theta,
+                                 init=init, out_init=init, implementation=c.attention_impl,
+                                 rngs=rngs),
+                layers.RMSNorm(c.hidden_dim, c.norm_eps, rngs),
+                layers.GatedMLP(c.hidden_dim, c.mlp_dim, init, init, rngs))
+
+        self.embed = layers.Embed(c.vocab_size, c.hidden_dim, init, rngs)
+        self.layers = layers.ScannedBlocks(make_block, c.num_layers, c.remat, rngs)
+        self.final_norm = layers.RMSNorm(c.hidden_dim, c.norm_eps, rngs)
+        if not c.tie_embeddings:
+            self.head = layers.param(rngs, init, (c.hidden_dim, c.vocab_size), ("embed", "vocab"))
+
+    def __call__(self, tokens_bt: jax.Array, positions_bt: jax.Array,
+                 segment_ids_bt: jax.Array) -> jax.Array:
+        """Final hidden states (B, T, D); `logits` maps them to the vocabulary."""
+        x_btd = constrain(self.embed(tokens_bt), ("act_batch", "act_length", "act_embed"))
+        x_btd = self.layers(x_btd, positions_bt, segment_ids_bt)
+        return self.final_norm(x_btd)
+
+    def logits(self, hidden_btd: jax.Array) -> jax.Array:
+        if self.config.tie_embeddings:
+            return self.embed.attend(hidden_btd)
+        return jnp.einsum("BTD,DV->BTV", hidden_btd, self.head[...])

@@ -1,0 +1,83 @@
+"""What each --mode does, given a resolved config: the thin layer between main and the Trainer."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import jax
+
+from lmlib import experiment
+from lmlib.experiment import ExperimentConfig
+from lmlib.models import num_params
+from lmlib.train.loop import Trainer
+from lmlib.train.state import init_state
+
+
+def list_experiments() -> str:
+    experiments = experiment.registry()
+    width = max(map(len, experiments))
+    return "\n".join(f"{name:<{width}}  {experiment.description(cls)}"
+                     for name, cls in experiments.items())
+
+
+def show(config: ExperimentConfig) -> str:
+    """The resolved tree and the numbers derived from it, computed from shapes alone."""
+    lines = [f"{key}: {value}" for key, value in experiment.flatten(config).items()]
+    t, m = config.trainer, config.model
+    microbatch = t.microbatch_size or t.batch_size
+    flops_per_token = m.flops_per_token()
+    lines += [
+        "",
+        f"model: {type(m).__name__}",
+        f"parameters: {num_params(m):,}",
+        f"tokens per step: {t.batch_size * m.seq_len:,} ({t.batch_size} x {m.seq_len})",
+        f"microbatches: {t.num_microbatches} of {microbatch} sequences "
+        f"(accumulation steps: {t.num_microbatches})",
+        f"FLOPs per token: {flops_per_token:,} (6N + 12LHT, training)",
+        f"FLOPs per step: {flops_per_token * t.batch_size * m.seq_len:.3e}",
+        f"total tokens: {t.num_train_steps * t.batch_size * m.seq_len:,}",
+        f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}, mesh "
+        + " x ".join(f"{k}={v}" for k, v in t.mesh.resolve(jax.device_count()).items()),
+    ]
+    return "\n".join(lines)
+
+
+def _save_config(config: ExperimentConfig, workdir: str | None) -> None:
+    if workdir and jax.process_index() == 0:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        (Path(workdir) / "config.json").write_text(
+            json.dumps(dataclasses.asdict(config), indent=1, default=str))
+
+
+def train(config: ExperimentConfig, workdir: str | None) -> None:
+    _save_config(config, workdir)
+    trainer = Trainer(config, workdir)
+    print(f"{config.name}: {num_params(config.model):,} parameters on "
+          f"{jax.device_count()} {jax.devices()[0].platform} device(s)", flush=True)
+    trainer.train()
+
+
+def evaluate(config: ExperimentConfig, workdir: str | None) -> dict[str, float]:
+    trainer = Trainer(config, workdir)
+    metrics = trainer.evaluate(init_state(trainer.layout).params)
+    print(f"eval loss {metrics['eval/loss']:.4f} | perplexity {metrics['eval/perplexity']:.2f}",
+          flush=True)
+    return metrics
+
+
+def dry_run(config: ExperimentConfig) -> None:
+    """Builds everything and compiles one step from shapes; reports memory per device."""
+    trainer = Trainer(config)
+    compiled = trainer.compile()
+    memory = compiled.memory_analysis()
+    gib = 2 ** 30
+    arguments = memory.argument_size_in_bytes / gib
+    temporaries = memory.temp_size_in_bytes / gib
+    outputs = (memory.output_size_in_bytes - memory.alias_size_in_bytes) / gib
+    print(f"dry run: compiled one step of {config.name}; memory per device: "
+          f"state+batch {arguments:.3f} GiB, temporaries {temporaries:.3f} GiB, "
+          f"outputs {outputs:.3f} GiB, total {arguments + temporaries + outputs:.3f} GiB",
+          flush=True)

@@ -1,0 +1,226 @@
+"""The Trainer: builds a run from its config tree, then loops over train steps with hooks."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmlib.data.pretrain import packed_dataset, prepare_data
+from lmlib.errors import ConfigError
+from lmlib.mesh import MeshConfig, batch_axis_size, batch_sharding, make_mesh
+from lmlib.train.metrics import MetricsLogger, peak_flops_per_device
+from lmlib.train.state import TrainState, init_state, state_layout
+from lmlib.train.step import StepConfig, make_eval_step, make_train_step
+
+if TYPE_CHECKING:
+    from lmlib.experiment import ExperimentConfig
+    from lmlib.models import ModelConfig
+
+DTYPES = {"f32": jnp.float32, "bf16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+    num_train_steps: int = 1000
+    batch_size: int = 32  # global, in sequences of model.seq_len tokens
+    microbatch_size: int = 0  # sequences per gradient-accumulation step; 0 = batch_size
+    log_every: int = 10
+    eval_every: int = 200  # also at the last step
+    eval_batches: int = 8  # batches of batch_size sequences from the eval split
+    precision: str = "p=f32,c=bf16"  # parameter and compute dtypes
+    seed: int = 0  # parameters and data order
+    loss_chunk_len: int = 128  # positions per cross-entropy chunk: bounds the logits' memory
+    peak_flops_per_device: float = 0.0  # for MFU; 0 = from lmlib.train.metrics.PEAK_FLOPS
+    mesh: MeshConfig = MeshConfig()
+
+    def __post_init__(self):
+        for name in ("num_train_steps", "batch_size", "log_every", "eval_every"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"trainer.{name} must be positive, got {getattr(self, name)}")
+        if self.microbatch_size < 0 or self.eval_batches < 0:
+            raise ConfigError("trainer.microbatch_size and trainer.eval_batches must be >= 0")
+        self.dtypes  # validates precision
+
+    @property
+    def dtypes(self) -> tuple[jnp.dtype, jnp.dtype]:
+        """(parameter dtype, compute dtype) from `precision`."""
+        parts = dict(p.split("=", 1) for p in self.precision.split(",") if "=" in p)
+        if set(parts) != {"p", "c"} or parts["c"] not in DTYPES or parts["p"] != "f32":
+            raise ConfigError(f"trainer.precision={self.precision!r}: expected p=f32,c=bf16 or "
+                              "p=f32,c=f32 (parameters are kept in float32)")
+        return DTYPES[parts["p"]], DTYPES[parts["c"]]
+
+    @property
+    def num_microbatches(self) -> int:
+        return self.batch_size // (self.microbatch_size or self.batch_size)
+
+    def check_fits(self, model: ModelConfig, num_devices: int | None = None) -> None:
+        """Raises a ConfigError when the batch does not split over the mesh and microbatches."""
+        num_devices = num_devices or jax.device_count()
+        sizes = self.mesh.resolve(num_devices)
+        batch_ways = sizes["data"] * sizes["fsdp"]
+        microbatch = self.microbatch_size or self.batch_size
+        if self.batch_size % microbatch:
+            raise ConfigError(f"trainer.batch_size={self.batch_size} is not a multiple of "
+                              f"trainer.microbatch_size={microbatch}")
+        if microbatch % batch_ways:
+            raise ConfigError(
+                f"trainer.microbatch_size={microbatch} (or batch_size) does not split over "
+                f"data x fsdp = {sizes['data']} x {sizes['fsdp']} = {batch_ways} devices")
+        if self.batch_size % jax.process_count():
+            raise ConfigError(f"trainer.batch_size={self.batch_size} does not split over "
+                              f"{jax.process_count()} processes")
+        if self.loss_chunk_len and model.seq_len % self.loss_chunk_len and \
+                self.loss_chunk_len < model.seq_len:
+            raise ConfigError(f"model.seq_len={model.seq_len} is not a multiple of "
+                              f"trainer.loss_chunk_len={self.loss_chunk_len}")
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass
+class Hook:
+    """fn(step, state) -> metrics to log (or None), called every `every` steps and at the end."""
+
+    fn: Callable[[int, TrainState], dict | None]
+    every: int
+
+
+class Trainer:
+    """One run: mesh, data, compiled steps and state. `train()` is the loop."""
+
+    def __init__(self, config: ExperimentConfig, workdir: str | Path | None = None):
+        self.config, self.workdir = config, workdir
+        trainer, model = config.trainer, config.model
+        trainer.check_fits(model)
+        self.mesh = make_mesh(trainer.mesh)
+        self.data = prepare_data(config.data)
+        if self.data.tokenizer.vocab_size > model.vocab_size:
+            raise ConfigError(f"the tokenizer has {self.data.tokenizer.vocab_size} tokens but "
+                              f"model.vocab_size={model.vocab_size}")
+        self.optimizer = config.optimizer.make(trainer.num_train_steps)
+        self.layout = state_layout(model, self.optimizer, self.mesh, trainer.seed)
+        step_config = StepConfig(compute_dtype=trainer.dtypes[1],
+                                 num_microbatches=trainer.num_microbatches,
+                                 loss_chunk_len=trainer.loss_chunk_len)
+        self.batch_sharding = batch_sharding(self.mesh)
+        with jax.set_mesh(self.mesh):
+            self._train_step = jax.jit(
+                make_train_step(self.layout.graphdef, self.optimizer,
+                                config.optimizer.schedule(trainer.num_train_steps), step_config),
+                in_shardings=(self.layout.shardings, self.batch_sharding),
+                out_shardings=(self.layout.shardings, None), donate_argnums=0)
+            self._eval_step = jax.jit(
+                make_eval_step(self.layout.graphdef, step_config),
+                in_shardings=(self.layout.shardings.params, self.batch_sharding))
+        self.tokens_per_step = trainer.batch_size * model.seq_len
+        self.flops_per_step = model.flops_per_token() * self.tokens_per_step
+        peak = trainer.peak_flops_per_device or peak_flops_per_device()
+        self.peak_flops = peak * jax.device_count()
+        self.hooks: list[Hook] = []
+        self._eval_batches: list[dict] | None = None
+
+    # ------------------------------------------------------------------ building blocks
+
+    def add_hook(self, fn: Callable[[int, TrainState], dict | None], every: int) -> None:
+        self.hooks.append(Hook(fn, every))
+
+    def _abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
+        shape = (self.config.trainer.batch_size, self.config.model.seq_len)
+        dtypes = {"tokens": jnp.int32, "targets": jnp.int32, "positions": jnp.int32,
+                  "segment_ids": jnp.int32, "weights": jnp.float32}
+        return {k: jax.ShapeDtypeStruct(shape, d, sharding=self.batch_sharding)
+                for k, d in dtypes.items()}
+
+    def compile(self):
+        """AOT-compiles the train step from shapes alone (nothing allocated); returns it."""
+        abstract_state = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            jax.eval_shape(self.layout.init), self.layout.shardings)
+        with jax.set_mesh(self.mesh):
+            return self._train_step.lower(abstract_state, self._abstract_batch()).compile()
+
+    def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """This process's rows -> one global array per field, sharded over the batch axes."""
+        return {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
+                for k, v in local.items()}
+
+    def _dataset(self, split: str, shuffle: bool, repeat: bool):
+        trainer = self.config.trainer
+        return packed_dataset(
+            self.data.shards(split), seq_len=self.config.model.seq_len,
+            batch_size=trainer.batch_size // jax.process_count(), seed=trainer.seed,
+            shuffle=shuffle, repeat=repeat, process_index=jax.process_index(),
+            process_count=jax.process_count())
+
+    def train_iterator(self) -> Iterator[dict[str, np.ndarray]]:
+        return iter(self._dataset("train", shuffle=True, repeat=True))
+
+    def evaluate(self, params) -> dict[str, float]:
+        """Token-weighted mean loss over the first `eval_batches` batches of the eval split."""
+        if self._eval_batches is None:
+            batches = self._dataset("eval", shuffle=False, repeat=False)
+            self._eval_batches = list(itertools.islice(batches, self.config.trainer.eval_batches))
+            if not self._eval_batches:
+                raise ConfigError("the eval split is smaller than one batch; lower "
+                                  "trainer.batch_size or model.seq_len")
+        loss_sum = weight_sum = 0.0
+        with jax.set_mesh(self.mesh):
+            for batch in self._eval_batches:
+                loss, weight = self._eval_step(params, self.global_batch(batch))
+                loss_sum, weight_sum = loss_sum + float(loss), weight_sum + float(weight)
+        loss = loss_sum / weight_sum
+        return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 700.0))}
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self, state: TrainState | None = None) -> TrainState:
+        trainer = self.config.trainer
+        total = trainer.num_train_steps
+        start = time.monotonic()
+        train_step = self.compile()
+        print(f"compiled the train step in {time.monotonic() - start:.1f}s", flush=True)
+        state = state if state is not None else init_state(self.layout)
+        first_step = int(state.step)
+        batches = self.train_iterator()
+        logger = MetricsLogger(self.workdir, total)
+        last_log_time, last_log_step = time.monotonic(), first_step
+        try:
+            for step in range(first_step + 1, total + 1):
+                state, metrics = train_step(state, self.global_batch(next(batches)))
+                due = lambda every: step % every == 0 or step == total  # noqa: E731
+                logged = {}
+                if due(trainer.log_every) or step == 1:  # step 1 shows the starting loss
+                    logged.update({f"train/{k}": float(v) for k, v in metrics.items()})
+                    if not math.isfinite(logged["train/loss"]):
+                        raise TrainingDiverged(f"step {step}: the loss is {logged['train/loss']}; "
+                                               "stopping (lower optimizer.learning_rate?)")
+                    now = time.monotonic()
+                    seconds_per_step = (now - last_log_time) / (step - last_log_step)
+                    last_log_time, last_log_step = now, step
+                    logged["perf/tokens_per_sec"] = self.tokens_per_step / seconds_per_step
+                    logged["perf/mfu"] = self.flops_per_step / seconds_per_step / self.peak_flops
+                    logged["perf/eta_sec"] = seconds_per_step * (total - step)
+                hooks_start = time.monotonic()
+                if due(trainer.eval_every):
+                    logged.update(self.evaluate(state.params))
+                for hook in self.hooks:
+                    if due(hook.every):
+                        logged.update(hook.fn(step, state) or {})
+                last_log_time += time.monotonic() - hooks_start  # hook time is not step time
+                if logged:
+                    logger.write(step, logged)
+        finally:
+            logger.close()
+        return state

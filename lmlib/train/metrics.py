@@ -1,0 +1,124 @@
+"""Where training numbers go: one console line per log interval, metrics.jsonl, TensorBoard.
+
+Also the performance arithmetic the console line needs: tokens/s, MFU against the device's
+peak, ETA.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import jax
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+# Dense bf16 peak FLOP/s per device, from the vendors' data sheets (no sparsity).
+PEAK_FLOPS = {
+    "h100": 989e12, "h200": 989e12, "h800": 989e12, "gh200": 989e12, "b200": 2250e12,
+    "a100": 312e12, "a10g": 125e12, "l4": 121e12,
+    "tpu v4": 275e12, "tpu v5 lite": 197e12, "tpu v5e": 197e12, "tpu v5p": 459e12,
+    "tpu v5": 459e12, "tpu v6 lite": 918e12, "tpu v6e": 918e12,
+}
+# A CPU has no data-sheet number: assume 32 FLOPs per cycle per core (two 256-bit FMA pipes of
+# float32, as on AVX2 and on Zen 4's AVX-512) at the clock /proc/cpuinfo reports. MFU on a CPU is
+# therefore an estimate; set trainer.peak_flops_per_device to correct it.
+CPU_FLOPS_PER_CYCLE = 32
+
+
+def _cpu_hz() -> float:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("cpu MHz"):
+                return float(line.split(":")[1]) * 1e6
+    except OSError:
+        pass
+    return 2.0e9
+
+
+def peak_flops_per_device(device: jax.Device | None = None) -> float:
+    device = device or jax.devices()[0]
+    if device.platform == "cpu":
+        host_flops = CPU_FLOPS_PER_CYCLE * _cpu_hz() * (os.cpu_count() or 1)
+        return host_flops / jax.local_device_count()
+    kind = device.device_kind.lower()
+    for name, flops in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])):
+        if name in kind:
+            return flops
+    return math.nan
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class TensorBoardWriter:
+    """Scalars and text into TensorBoard event files, without TensorFlow."""
+
+    def __init__(self, logdir: str | Path):
+        self._writer = EventFileWriter(str(logdir))
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        summary = summary_pb2.Summary(value=[
+            summary_pb2.Summary.Value(tag=tag, simple_value=float(v)) for tag, v in values.items()])
+        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class MetricsLogger:
+    """Writes each logged step to the console, `workdir/metrics.jsonl` and TensorBoard.
+
+    Only process 0 writes, so a multi-host run logs once.
+    """
+
+    def __init__(self, workdir: str | Path | None, num_train_steps: int):
+        self.num_train_steps = num_train_steps
+        self.active = jax.process_index() == 0
+        self._jsonl = self._tensorboard = None
+        if workdir and self.active:
+            workdir = Path(workdir)
+            workdir.mkdir(parents=True, exist_ok=True)
+            self._jsonl = open(workdir / "metrics.jsonl", "a")
+            self._tensorboard = TensorBoardWriter(workdir / "tensorboard")
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.active:
+            return
+        if self._jsonl:
+            self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+            self._jsonl.flush()
+        if self._tensorboard:
+            self._tensorboard.scalars(step, metrics)
+            self._tensorboard.flush()
+        print(self.console_line(step, metrics), flush=True)
+
+    def console_line(self, step: int, m: dict[str, float]) -> str:
+        parts = [f"step {step:>{len(str(self.num_train_steps))}}/{self.num_train_steps}"]
+        if "train/loss" in m:
+            parts.append(f"loss {m['train/loss']:.4f}")
+        if "eval/loss" in m:
+            parts.append(f"eval {m['eval/loss']:.4f}")
+        if "perf/tokens_per_sec" in m:
+            parts.append(f"{m['perf/tokens_per_sec']:,.0f} tok/s")
+        if "perf/mfu" in m and not math.isnan(m["perf/mfu"]):
+            parts.append(f"MFU {100 * m['perf/mfu']:.1f}%")
+        if "perf/eta_sec" in m:
+            parts.append(f"ETA {format_duration(m['perf/eta_sec'])}")
+        return " | ".join(parts)
+
+    def close(self) -> None:
+        if self._jsonl:
+            self._jsonl.close()
+        if self._tensorboard:
+            self._tensorboard.close()

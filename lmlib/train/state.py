@@ -1,0 +1,58 @@
+"""TrainState, created directly in its shardings: a 7B model never exists whole on one host."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from lmlib.mesh import param_shardings
+from lmlib.models import ModelConfig
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimizer steps taken
+    params: dict[str, Any]  # nested dict of float32 arrays (an nnx "pure dict")
+    opt_state: optax.OptState
+
+
+@dataclasses.dataclass(frozen=True)
+class StateLayout:
+    """The model's structure and the sharding of every TrainState leaf on one mesh."""
+
+    graphdef: nnx.GraphDef
+    shardings: TrainState
+    init: Callable[[], TrainState]  # pure: call under jit with out_shardings=shardings
+
+
+def state_layout(config: ModelConfig, optimizer: optax.GradientTransformation, mesh: Mesh,
+                 seed: int) -> StateLayout:
+    """Shapes and shardings from abstract evaluation only; nothing is allocated."""
+    graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: config.make(nnx.Rngs(seed))))
+    params_sharding = nnx.to_pure_dict(param_shardings(abstract_params, mesh))
+
+    def init() -> TrainState:
+        params = nnx.to_pure_dict(nnx.state(config.make(nnx.Rngs(seed))))
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=optimizer.init(params))
+
+    replicated = NamedSharding(mesh, PartitionSpec())
+    # Optimizer moments take their parameter's sharding; counters and the like are replicated.
+    opt_sharding = optax.tree_map_params(
+        optimizer, lambda _, sharding: sharding, jax.eval_shape(init).opt_state,
+        params_sharding, transform_non_params=lambda _: replicated)
+    shardings = TrainState(step=replicated, params=params_sharding, opt_state=opt_sharding)
+    return StateLayout(graphdef, shardings, init)
+
+
+def init_state(layout: StateLayout) -> TrainState:
+    """Parameters and optimizer state initialised inside jit, each leaf born in its sharding."""
+    return jax.jit(layout.init, out_shardings=layout.shardings)()
