@@ -7,6 +7,8 @@ Every parameter carries logical axis names (see lmlib/mesh.py for the rules that
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -75,10 +77,35 @@ class LayerNorm(nnx.Module):
         return (x32 * self.scale[...] + self.bias[...]).astype(x.dtype)
 
 
-def apply_rope(x_btnh: jax.Array, positions_bt: jax.Array, theta: float) -> jax.Array:
+@dataclasses.dataclass(frozen=True)
+class Llama3RopeScaling:
+    """Llama 3.1 long-context RoPE: wavelengths longer than original_seq_len / low_freq_factor
+    are stretched by `factor`, those shorter than original_seq_len / high_freq_factor are kept,
+    and a linear ramp blends the two in between (HF rope_type "llama3")."""
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_seq_len: int
+
+
+def rope_inv_freq(head_dim: int, theta: float,
+                  scaling: Llama3RopeScaling | None = None) -> jax.Array:
+    """(H/2,) rotation frequencies, computed in float32 as HF does so that logits match."""
+    inv_freq_h = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    if scaling is None:
+        return inv_freq_h
+    s = scaling
+    wavelen_h = 2 * math.pi / inv_freq_h
+    # 0 for long wavelengths (fully stretched), 1 for short ones (kept), linear in between.
+    ramp_h = jnp.clip((s.original_seq_len / wavelen_h - s.low_freq_factor)
+                      / (s.high_freq_factor - s.low_freq_factor), 0.0, 1.0)
+    return (1 - ramp_h) * inv_freq_h / s.factor + ramp_h * inv_freq_h
+
+
+def apply_rope(x_btnh: jax.Array, positions_bt: jax.Array, theta: float,
+               scaling: Llama3RopeScaling | None = None) -> jax.Array:
     """Rotary position embedding (Su et al. 2021) in the rotate-half layout of HF Llama."""
-    head_dim = x_btnh.shape[-1]
-    inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    inv_freq = rope_inv_freq(x_btnh.shape[-1], theta, scaling)
     angles = positions_bt[..., None].astype(jnp.float32) * inv_freq  # (B, T, H/2)
     sin = jnp.sin(angles)[:, :, None, :]
     cos = jnp.cos(angles)[:, :, None, :]
@@ -119,8 +146,8 @@ class Attention(nnx.Module):
 
     def __init__(self, dim: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
                  qkv_bias: bool, out_bias: bool, rope_theta: float | None,
-                 init: Initializer, out_init: Initializer, implementation: str,
-                 rngs: nnx.Rngs):
+                 rope_scaling: Llama3RopeScaling | None = None, init: Initializer,
+                 out_init: Initializer, implementation: str, rngs: nnx.Rngs):
         self.q = param(rngs, init, (dim, num_heads, head_dim), ("embed", "heads", "head_dim"))
         self.k = param(rngs, init, (dim, num_kv_heads, head_dim),
                        ("embed", "kv_heads", "head_dim"))
@@ -134,7 +161,7 @@ class Attention(nnx.Module):
         if out_bias:
             self.o_bias = param(rngs, zeros, (dim,), ("embed",))
         self.qkv_bias, self.out_bias = qkv_bias, out_bias
-        self.rope_theta = rope_theta
+        self.rope_theta, self.rope_scaling = rope_theta, rope_scaling
         self.implementation = implementation
 
     def __call__(self, x_btd: jax.Array, positions_bt: jax.Array,
@@ -147,8 +174,8 @@ class Attention(nnx.Module):
             k_btkh += self.k_bias[...]
             v_btkh += self.v_bias[...]
         if self.rope_theta is not None:
-            q_btnh = apply_rope(q_btnh, positions_bt, self.rope_theta)
-            k_btkh = apply_rope(k_btkh, positions_bt, self.rope_theta)
+            q_btnh = apply_rope(q_btnh, positions_bt, self.rope_theta, self.rope_scaling)
+            k_btkh = apply_rope(k_btkh, positions_bt, self.rope_theta, self.rope_scaling)
         q_btnh = constrain(q_btnh, ("act_batch", "act_length", "act_heads", "act_head_dim"))
         k_btkh = constrain(k_btkh, ("act_batch", "act_length", "act_kv_heads", "act_head_dim"))
         out_btnh = dot_product_attention(q_btnh, k_btkh, v_btkh, segment_ids_bt,

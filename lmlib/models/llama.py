@@ -28,8 +28,15 @@ class LlamaConfig:
     mlp_dim: int = 11008
     seq_len: int = 2048  # training context length
     rope_theta: float = 10000.0
+    # Llama-3.1 RoPE scaling (layers.Llama3RopeScaling); None = plain RoPE. Flat fields, so that
+    # `--set` and the JSON config of a checkpoint handle them like any other number.
+    rope_scaling_factor: float | None = None
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_seq_len: int = 8192
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
+    qkv_bias: bool = False  # biases on the q/k/v projections (Qwen2)
     init_std: float = 0.02
     remat: str = "full"  # none | minimal | full: what the backward pass recomputes
     attention_impl: str = "auto"  # auto | xla | cudnn
@@ -53,6 +60,13 @@ class LlamaConfig:
     @property
     def head_size(self) -> int:
         return self.head_dim or self.hidden_dim // self.num_heads
+
+    @property
+    def rope_scaling(self) -> layers.Llama3RopeScaling | None:
+        if self.rope_scaling_factor is None:
+            return None
+        return layers.Llama3RopeScaling(self.rope_scaling_factor, self.rope_low_freq_factor,
+                                        self.rope_high_freq_factor, self.rope_original_seq_len)
 
     # Presets: a named size is a classmethod, so an experiment reads `LlamaConfig.llama2_7b()`.
     @classmethod
@@ -104,9 +118,9 @@ class Llama(nnx.Module):
             return layers.Block(
                 layers.RMSNorm(c.hidden_dim, c.norm_eps, rngs),
                 layers.Attention(c.hidden_dim, c.num_heads, c.kv_heads, c.head_size,
-                                 qkv_bias=False, out_bias=False, rope_theta=c.rope_theta,
-                                 init=init, out_init=init, implementation=c.attention_impl,
-                                 rngs=rngs),
+                                 qkv_bias=c.qkv_bias, out_bias=False, rope_theta=c.rope_theta,
+                                 rope_scaling=c.rope_scaling, init=init, out_init=init,
+                                 implementation=c.attention_impl, rngs=rngs),
                 layers.RMSNorm(c.hidden_dim, c.norm_eps, rngs),
                 layers.GatedMLP(c.hidden_dim, c.mlp_dim, init, init, rngs))
 

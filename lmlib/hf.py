@@ -1,0 +1,534 @@
+"""Hugging Face <-> lmlib: configs, parameters, checkpoint directories and tokenizers.
+
+Each model family has one table of rows (HF tensor name, lmlib parameter paths, layout); the same
+table drives both directions, so import and export cannot drift apart. Tensors stream one at a
+time: a safetensors checkpoint is read lazily and written shard by shard.
+
+Shapes in names: D model width, N query heads, K key/value heads, H head dim, F MLP width,
+V vocabulary, L layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_dtypes
+import numpy as np
+from flax import traverse_util
+
+from lmlib.errors import ConfigError
+from lmlib.models import Gpt2Config, LlamaConfig, ModelConfig, abstract_model
+from lmlib.models import layers
+
+Params = dict[str, Any]  # the nested pure dict of nnx.to_pure_dict(nnx.state(model))
+
+DTYPES = {"float32": np.float32, "f32": np.float32,
+          "bfloat16": ml_dtypes.bfloat16, "bf16": ml_dtypes.bfloat16}
+
+# ---------------------------------------------------------------------------------------------
+# Parameter layouts and the per-family tables
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How one HF tensor holds one or more lmlib parameters (of one layer).
+
+    transposed: HF stores the matrix (out, in) as torch.nn.Linear does; lmlib and GPT-2's Conv1D
+        store (in, out).
+    in_axes: how many leading lmlib axes make HF's input axis (the rest make its output axis);
+        0 flattens to a vector; None keeps the shape as it is.
+    parts: lmlib parameters concatenated along HF's output axis (GPT-2's fused q|k|v).
+    """
+    in_axes: int | None = None
+    transposed: bool = False
+    parts: int = 1
+
+    def to_lmlib(self, hf: np.ndarray, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+        matrix = hf.T if self.transposed else hf
+        pieces = np.split(matrix, self.parts, axis=-1) if self.parts > 1 else [matrix]
+        return [piece.reshape(shape) for piece, shape in zip(pieces, shapes, strict=True)]
+
+    def to_hf(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
+        matrices = [self._flatten(a) for a in arrays]
+        matrix = np.concatenate(matrices, axis=-1) if len(matrices) > 1 else matrices[0]
+        return np.ascontiguousarray(matrix.T if self.transposed else matrix)
+
+    def _flatten(self, array: np.ndarray) -> np.ndarray:
+        if self.in_axes is None:
+            return array
+        if self.in_axes == 0:
+            return array.reshape(-1)
+        return array.reshape(math.prod(array.shape[:self.in_axes]), -1)
+
+
+KEEP = Layout()
+LINEAR = Layout(in_axes=1, transposed=True)  # nn.Linear (out, in) <-> (D, ...) in lmlib
+LINEAR_OUT = Layout(in_axes=2, transposed=True)  # o_proj (D, N*H) <-> (N, H, D)
+FLAT = Layout(in_axes=0)  # a bias (N*H,) <-> (N, H)
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One HF tensor. A `{i}` in the name makes it a per-layer row, stacked on lmlib's L axis."""
+    hf_name: str
+    paths: tuple[str, ...]  # dotted paths into the pure params dict
+    layout: Layout = KEEP
+
+    @property
+    def per_layer(self) -> bool:
+        return "{i}" in self.hf_name
+
+
+def _llama_table(config: LlamaConfig) -> list[Row]:
+    layer, blocks = "model.layers.{i}.", "layers.blocks."
+    rows = [
+        Row("model.embed_tokens.weight", ("embed.table",)),
+        Row(layer + "input_layernorm.weight", (blocks + "attn_norm.scale",)),
+        Row(layer + "self_attn.q_proj.weight", (blocks + "attn.q",), LINEAR),
+        Row(layer + "self_attn.k_proj.weight", (blocks + "attn.k",), LINEAR),
+        Row(layer + "self_attn.v_proj.weight", (blocks + "attn.v",), LINEAR),
+        Row(layer + "self_attn.o_proj.weight", (blocks + "attn.o",), LINEAR_OUT),
+        Row(layer + "post_attention_layernorm.weight", (blocks + "mlp_norm.scale",)),
+        Row(layer + "mlp.gate_proj.weight", (blocks + "mlp.gate",), LINEAR),
+        Row(layer + "mlp.up_proj.weight", (blocks + "mlp.up",), LINEAR),
+        Row(layer + "mlp.down_proj.weight", (blocks + "mlp.down",), LINEAR),
+        Row("model.norm.weight", ("final_norm.scale",)),
+    ]
+    if config.qkv_bias:
+        rows += [Row(layer + f"self_attn.{x}_proj.bias", (blocks + f"attn.{x}_bias",), FLAT)
+                 for x in "qkv"]
+    if not config.tie_embeddings:
+        rows.append(Row("lm_head.weight", ("head",), LINEAR))
+    return rows
+
+
+def _gpt2_table(config: Gpt2Config) -> list[Row]:
+    # Conv1D stores (in, out): no transposes, only GPT-2's fused q|k|v to split.
+    layer, blocks = "transformer.h.{i}.", "layers.blocks."
+    attn = blocks + "attn."
+    return [
+        Row("transformer.wte.weight", ("embed.table",)),
+        Row("transformer.wpe.weight", ("position_embed",)),
+        Row(layer + "ln_1.weight", (blocks + "attn_norm.scale",)),
+        Row(layer + "ln_1.bias", (blocks + "attn_norm.bias",)),
+        Row(layer + "attn.c_attn.weight", (attn + "q", attn + "k", attn + "v"),
+            Layout(in_axes=1, parts=3)),
+        Row(layer + "attn.c_attn.bias", (attn + "q_bias", attn + "k_bias", attn + "v_bias"),
+            Layout(in_axes=0, parts=3)),
+        Row(layer + "attn.c_proj.weight", (attn + "o",), Layout(in_axes=2)),
+        Row(layer + "attn.c_proj.bias", (attn + "o_bias",)),
+        Row(layer + "ln_2.weight", (blocks + "mlp_norm.scale",)),
+        Row(layer + "ln_2.bias", (blocks + "mlp_norm.bias",)),
+        Row(layer + "mlp.c_fc.weight", (blocks + "mlp.up",)),
+        Row(layer + "mlp.c_fc.bias", (blocks + "mlp.up_bias",)),
+        Row(layer + "mlp.c_proj.weight", (blocks + "mlp.down",)),
+        Row(layer + "mlp.c_proj.bias", (blocks + "mlp.down_bias",)),
+        Row("transformer.ln_f.weight", ("final_norm.scale",)),
+        Row("transformer.ln_f.bias", ("final_norm.bias",)),
+    ]
+
+
+def param_table(config: ModelConfig) -> list[Row]:
+    return _gpt2_table(config) if isinstance(config, Gpt2Config) else _llama_table(config)
+
+
+# Tensors a checkpoint may hold that carry no parameters: causal-mask and RoPE buffers of older
+# transformers versions, and a tied head saved next to the embedding it equals.
+_IGNORED_TENSORS = re.compile(r"(\.attn\.(masked_)?bias|\.rotary_emb\.inv_freq|^lm_head\.weight)$")
+
+# Original GPT-2 checkpoints (openai-community/gpt2) name their tensors without the prefix.
+_OPTIONAL_PREFIX = "transformer."
+
+# ---------------------------------------------------------------------------------------------
+# Configs
+
+
+def _rope_fields(hf: dict) -> dict[str, Any]:
+    """LlamaConfig RoPE fields from `rope_parameters` (transformers 5) or `rope_theta` +
+    `rope_scaling` (transformers 4 and most hub checkpoints)."""
+    rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type == "default":
+        return {"rope_theta": float(theta)}
+    if rope_type == "llama3":
+        return {"rope_theta": float(theta), "rope_scaling_factor": float(rope["factor"]),
+                "rope_low_freq_factor": float(rope["low_freq_factor"]),
+                "rope_high_freq_factor": float(rope["high_freq_factor"]),
+                "rope_original_seq_len": int(rope["original_max_position_embeddings"])}
+    raise ConfigError(f"Hugging Face RoPE type {rope_type!r} is not supported "
+                      "(supported: default, llama3)")
+
+
+def _require(hf: dict, key: str, allowed: Sequence[Any]) -> None:
+    if hf.get(key, allowed[0]) not in allowed:
+        raise ConfigError(f"Hugging Face {hf['model_type']} config {key}={hf[key]!r} is not "
+                          f"supported by lmlib (supported: {list(allowed)})")
+
+
+def _llama_from_hf(hf: dict, **fields: Any) -> LlamaConfig:
+    _require(hf, "hidden_act", ["silu"])
+    _require(hf, "attention_bias", [False])
+    _require(hf, "mlp_bias", [False])
+    num_heads = hf["num_attention_heads"]
+    head_dim = hf.get("head_dim")
+    seq_len = hf.get("max_position_embeddings", 2048)
+    # lmlib attends to the whole context; that equals a sliding window only up to its width.
+    window = hf.get("sliding_window")
+    if window and hf.get("use_sliding_window", True):
+        seq_len = min(seq_len, window)
+    return LlamaConfig(
+        vocab_size=hf["vocab_size"], hidden_dim=hf["hidden_size"],
+        num_layers=hf["num_hidden_layers"], num_heads=num_heads,
+        num_kv_heads=hf.get("num_key_value_heads") or num_heads,
+        head_dim=None if head_dim in (None, hf["hidden_size"] // num_heads) else head_dim,
+        mlp_dim=hf["intermediate_size"], seq_len=seq_len,
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        tie_embeddings=hf.get("tie_word_embeddings", False), **_rope_fields(hf), **fields)
+
+
+def _gpt2_from_hf(hf: dict) -> Gpt2Config:
+    _require(hf, "activation_function", ["gelu_new", "gelu_pytorch_tanh"])
+    _require(hf, "scale_attn_by_inverse_layer_idx", [False])
+    _require(hf, "tie_word_embeddings", [True])
+    return Gpt2Config(vocab_size=hf["vocab_size"], hidden_dim=hf["n_embd"],
+                      num_layers=hf["n_layer"], num_heads=hf["n_head"],
+                      mlp_dim=hf.get("n_inner"), seq_len=hf["n_positions"],
+                      norm_eps=hf.get("layer_norm_epsilon", 1e-5))
+
+
+_CONFIG_READERS: dict[str, Callable[[dict], ModelConfig]] = {
+    "llama": _llama_from_hf,
+    "mistral": _llama_from_hf,  # Llama-shaped; its sliding window caps seq_len
+    "qwen2": lambda hf: _llama_from_hf(hf, qkv_bias=True),
+    "gpt2": _gpt2_from_hf,
+}
+
+
+def model_config_from_hf(hf_config: dict) -> ModelConfig:
+    """The lmlib model config of a Hugging Face `config.json` (as a dict)."""
+    model_type = hf_config.get("model_type")
+    if model_type not in _CONFIG_READERS:
+        raise ConfigError(f"Hugging Face model_type {model_type!r} is not supported "
+                          f"(supported: {', '.join(sorted(_CONFIG_READERS))})")
+    return _CONFIG_READERS[model_type](hf_config)
+
+
+def _llama_to_hf(c: LlamaConfig) -> dict[str, Any]:
+    rope = {"rope_type": "default", "rope_theta": c.rope_theta}
+    if c.rope_scaling is not None:
+        rope.update(rope_type="llama3", factor=c.rope_scaling_factor,
+                    low_freq_factor=c.rope_low_freq_factor,
+                    high_freq_factor=c.rope_high_freq_factor,
+                    original_max_position_embeddings=c.rope_original_seq_len)
+    model_type = "qwen2" if c.qkv_bias else "llama"  # Qwen2 is Llama with q/k/v biases
+    hf = {"model_type": model_type,
+          "architectures": ["Qwen2ForCausalLM" if c.qkv_bias else "LlamaForCausalLM"],
+          "vocab_size": c.vocab_size, "hidden_size": c.hidden_dim,
+          "num_hidden_layers": c.num_layers, "num_attention_heads": c.num_heads,
+          "num_key_value_heads": c.kv_heads, "head_dim": c.head_size,
+          "intermediate_size": c.mlp_dim, "max_position_embeddings": c.seq_len,
+          "rms_norm_eps": c.norm_eps, "tie_word_embeddings": c.tie_embeddings,
+          "hidden_act": "silu", "rope_parameters": rope}
+    if c.qkv_bias:
+        hf.update(use_sliding_window=False, sliding_window=None)
+    else:
+        hf.update(attention_bias=False, mlp_bias=False)
+    return hf
+
+
+def _gpt2_to_hf(c: Gpt2Config) -> dict[str, Any]:
+    return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+            "vocab_size": c.vocab_size, "n_embd": c.hidden_dim, "n_layer": c.num_layers,
+            "n_head": c.num_heads, "n_inner": c.mlp_dim, "n_positions": c.seq_len,
+            "layer_norm_epsilon": c.norm_eps, "activation_function": "gelu_new",
+            "tie_word_embeddings": True}
+
+
+def hf_config_from_model(config: ModelConfig, *, bos_id: int | None = 1,
+                         eos_id: int | None = 2, dtype: str = "float32") -> dict[str, Any]:
+    """A Hugging Face `config.json` (as a dict) for an lmlib model config.
+
+    Token ids default to lmlib's sentencepiece layout (unk, bos, eos, pad = 0..3)."""
+    hf = _gpt2_to_hf(config) if isinstance(config, Gpt2Config) else _llama_to_hf(config)
+    return {**hf, "bos_token_id": bos_id, "eos_token_id": eos_id,
+            "dtype": np.dtype(DTYPES[dtype]).name}
+
+# ---------------------------------------------------------------------------------------------
+# Parameters
+
+
+def _param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    from flax import nnx
+
+    state = nnx.to_pure_dict(nnx.state(abstract_model(config)))
+    flat = traverse_util.flatten_dict(state, sep=".")
+    return {path: tuple(x.shape) for path, x in flat.items()}
+
+
+def _row_names(row: Row, num_layers: int) -> Iterator[tuple[int | None, str]]:
+    """(layer index or None, HF tensor name) for each tensor a row stands for."""
+    if not row.per_layer:
+        yield None, row.hf_name
+        return
+    for i in range(num_layers):
+        yield i, row.hf_name.format(i=i)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="tensor", disable=not enabled)
+
+
+def params_from_hf(tensors: Mapping[str, Any], config: ModelConfig, *,
+                   progress: bool = False) -> Params:
+    """lmlib parameters (nested dict of float32 numpy arrays) from HF tensors by name.
+
+    `tensors` may read lazily on access (see open_hf_tensors): each tensor is fetched once,
+    converted and dropped, so peak memory is the float32 model plus one tensor."""
+    shapes = _param_shapes(config)
+    flat = {path: np.empty(shape, np.float32) for path, shape in shapes.items()}
+    names = {name.removeprefix(_OPTIONAL_PREFIX): name for name in tensors}
+    rows = param_table(config)
+    used = set()
+    with _progress(sum(config.num_layers if r.per_layer else 1 for r in rows),
+                   "HF -> lmlib", progress) as bar:
+        for row in rows:
+            for i, name in _row_names(row, config.num_layers):
+                key = name if name in tensors else names.get(name.removeprefix(_OPTIONAL_PREFIX))
+                if key is None:
+                    raise ConfigError(f"the Hugging Face checkpoint has no tensor {name!r} "
+                                      f"(needed for lmlib parameter {', '.join(row.paths)})")
+                used.add(key)
+                hf = np.asarray(tensors[key], dtype=np.float32)
+                layer_shapes = [shapes[p][1:] if row.per_layer else shapes[p] for p in row.paths]
+                try:
+                    pieces = row.layout.to_lmlib(hf, layer_shapes)
+                except ValueError as e:
+                    raise ConfigError(f"Hugging Face tensor {name!r} has shape {hf.shape}, which "
+                                      f"does not fit lmlib's {layer_shapes}") from e
+                for path, piece in zip(row.paths, pieces):
+                    flat[path][... if i is None else i] = piece
+                bar.update()
+    unused = sorted(n for n in set(tensors) - used if not _IGNORED_TENSORS.search(n))
+    if unused:
+        logging.warning("Hugging Face tensors not used by lmlib: %s", ", ".join(unused))
+    return traverse_util.unflatten_dict(flat, sep=".")
+
+
+def hf_tensors_from_params(params: Params, config: ModelConfig, *,
+                           progress: bool = False) -> Iterator[tuple[str, np.ndarray]]:
+    """(HF name, float32 numpy array) for every tensor, one at a time, in table order."""
+    flat = traverse_util.flatten_dict(params, sep=".")
+    rows = param_table(config)
+    with _progress(sum(config.num_layers if r.per_layer else 1 for r in rows),
+                   "lmlib -> HF", progress) as bar:
+        for row in rows:
+            # One host copy per parameter (a device array sliced per layer would copy L times).
+            arrays = [np.asarray(jax.device_get(flat[p]), dtype=np.float32) for p in row.paths]
+            for i, name in _row_names(row, config.num_layers):
+                yield name, row.layout.to_hf([a if i is None else a[i] for a in arrays])
+                bar.update()
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint directories
+
+
+class _LazyTensors(Mapping[str, Any]):
+    """Tensor name -> array, read from its file only when asked for (files opened once)."""
+
+    def __init__(self, files: dict[str, Path], open_file: Callable[[Path], Any],
+                 read: Callable[[Any, str], np.ndarray]):
+        self._files, self._open, self._read = files, open_file, read
+        self._handles: dict[Path, Any] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        path = self._files[name]
+        if path not in self._handles:
+            self._handles[path] = self._open(path)
+        return self._read(self._handles[path], name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+
+def _open_safetensors(path: Path) -> Any:
+    from safetensors import safe_open
+
+    return safe_open(path, framework="numpy")  # memory-maps: opening reads no tensor
+
+
+def _open_torch(path: Path) -> dict[str, Any]:
+    import torch
+
+    # mmap: only the tensors asked for are read; weights_only refuses arbitrary objects.
+    return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+
+
+_FORMATS = {  # file name, index name, open, read one tensor
+    "safetensors": ("model.safetensors", "model.safetensors.index.json", _open_safetensors,
+                    lambda handle, name: handle.get_tensor(name)),
+    "pickle": ("pytorch_model.bin", "pytorch_model.bin.index.json", _open_torch,
+               lambda handle, name: handle[name].float().numpy()),
+}
+
+
+def _lazy_tensors(hf_dir: Path, file_format: str) -> _LazyTensors | None:
+    """The tensors of a single-file or sharded checkpoint; None if neither is there."""
+    single, index, open_file, read = _FORMATS[file_format]
+    if (hf_dir / index).exists():
+        weight_map = json.loads((hf_dir / index).read_text())["weight_map"]
+        files = {name: hf_dir / file for name, file in weight_map.items()}
+    elif (hf_dir / single).exists():
+        files = dict.fromkeys(open_file(hf_dir / single).keys(), hf_dir / single)
+    else:
+        return None
+    return _LazyTensors(files, open_file, read)
+
+
+def open_hf_tensors(hf_dir: str | Path, *, allow_pickle: bool = False) -> Mapping[str, Any]:
+    """All tensors of a local HF checkpoint by name, read lazily.
+
+    safetensors (single or sharded) is preferred; `pytorch_model.bin` is a pickle, which can run
+    code when loaded, so it is read only with allow_pickle=True."""
+    hf_dir = Path(hf_dir)
+    tensors = _lazy_tensors(hf_dir, "safetensors")
+    if tensors is not None:
+        return tensors
+    if not (hf_dir / "pytorch_model.bin").exists() and not (
+            hf_dir / "pytorch_model.bin.index.json").exists():
+        raise ConfigError(f"{hf_dir} holds no model.safetensors[.index.json] or "
+                          "pytorch_model.bin[.index.json]")
+    if not allow_pickle:
+        raise ConfigError(f"{hf_dir} holds only pytorch_model.bin, a pickle that can run code "
+                          "when loaded; pass allow_pickle=True (--allow_pickle) if you trust it")
+    return _lazy_tensors(hf_dir, "pickle")
+
+
+def read_hf_config(hf_dir: str | Path) -> dict[str, Any]:
+    path = Path(hf_dir) / "config.json"
+    if not path.exists():
+        raise ConfigError(f"{hf_dir} is not a Hugging Face model directory: no config.json")
+    return json.loads(path.read_text())
+
+
+def load_hf(hf_dir: str | Path, *, allow_pickle: bool = False,
+            progress: bool = False) -> tuple[ModelConfig, Params]:
+    """(model config, float32 params) of a local Hugging Face checkpoint directory."""
+    config = model_config_from_hf(read_hf_config(hf_dir))
+    tensors = open_hf_tensors(hf_dir, allow_pickle=allow_pickle)
+    return config, params_from_hf(tensors, config, progress=progress)
+
+
+def _write_json(path: Path, value: dict) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n")
+
+
+def _write_shards(out_dir: Path, tensors: Iterator[tuple[str, np.ndarray]],
+                  max_shard_bytes: int) -> None:
+    """model.safetensors, or model-0000k-of-0000n.safetensors + index when over one shard.
+
+    Each shard is written as soon as it is full; the count in the names is known only at the
+    end, so shards are renamed then."""
+    from safetensors.numpy import save_file
+
+    # "pt": transformers refuses safetensors files that say they were written for another framework.
+    metadata = {"format": "pt"}
+    written: list[tuple[Path, list[str]]] = []
+    shard: dict[str, np.ndarray] = {}
+    total_bytes = 0
+
+    def flush() -> None:
+        path = out_dir / f"model-{len(written) + 1:05d}.safetensors.partial"
+        save_file(shard, path, metadata=metadata)
+        written.append((path, list(shard)))
+        shard.clear()
+
+    for name, array in tensors:
+        if shard and sum(a.nbytes for a in shard.values()) + array.nbytes > max_shard_bytes:
+            flush()
+        shard[name] = array
+        total_bytes += array.nbytes
+    flush()
+    if len(written) == 1:
+        written[0][0].replace(out_dir / "model.safetensors")
+        return
+    weight_map = {}
+    for k, (path, names) in enumerate(written, 1):
+        file = f"model-{k:05d}-of-{len(written):05d}.safetensors"
+        path.replace(out_dir / file)
+        weight_map.update(dict.fromkeys(names, file))
+    _write_json(out_dir / "model.safetensors.index.json",
+                {"metadata": {"total_size": total_bytes}, "weight_map": weight_map})
+
+
+def save_hf(out_dir: str | Path, config: ModelConfig, params: Params, *,
+            dtype: str = "float32", max_shard_bytes: int = 5 * 2**30,
+            bos_id: int | None = 1, eos_id: int | None = 2, progress: bool = False) -> None:
+    """Writes config.json, generation_config.json and (sharded) model.safetensors.
+
+    Shards are written one at a time, so the host holds at most one shard beyond `params`."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype={dtype!r}: choose one of {sorted(DTYPES)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(out_dir / "config.json",
+                hf_config_from_model(config, bos_id=bos_id, eos_id=eos_id, dtype=dtype))
+    _write_json(out_dir / "generation_config.json", {"bos_token_id": bos_id,
+                                                     "eos_token_id": eos_id})
+    tensors = ((name, array.astype(DTYPES[dtype]))
+               for name, array in hf_tensors_from_params(params, config, progress=progress))
+    _write_shards(out_dir, tensors, max_shard_bytes)
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizers
+
+
+def save_hf_tokenizer(out_dir: str | Path, model_proto: bytes) -> None:
+    """Writes an lmlib sentencepiece model as HF tokenizer files that encode text to the same ids.
+
+    tokenizer.json follows the model's own normaliser settings (transformers builds it from the
+    proto; its legacy mode keeps SentencePiece's dummy prefix even before a leading space).
+    split_special_tokens: SentencePiece reads "<s>" in text as the characters, never as BOS;
+    HF would otherwise turn text such as a literal "<s>" in a source file into the special id.
+    tokenizer.model is the original, for tools that read sentencepiece (llama.cpp, slow HF).
+    """
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import AddedToken, processors
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import SpmConverter
+
+    proto = sentencepiece_model_pb2.ModelProto.FromString(model_proto)
+    vocab = {piece.piece: i for i, piece in enumerate(proto.pieces)}
+    tokenizer = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab, legacy=True)
+    spec = proto.trainer_spec
+    specials = {"unk_token": spec.unk_piece, "bos_token": spec.bos_piece,
+                "eos_token": spec.eos_piece, "pad_token": spec.pad_piece}
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                  for t in specials.values()])
+    # Documents are trained as BOS + text + EOS (lmlib.data.prepare); a prompt starts with BOS.
+    bos = (spec.bos_piece, spec.bos_id)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos[0]} $A", pair=f"{bos[0]} $A {bos[0]} $B", special_tokens=[bos])
+    out_dir = Path(out_dir)
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, split_special_tokens=True,
+                            **specials).save_pretrained(out_dir)
+    # The generic class name that transformers 4 and 5 both load from tokenizer.json alone.
+    config = json.loads((out_dir / "tokenizer_config.json").read_text())
+    _write_json(out_dir / "tokenizer_config.json",
+                {**config, "tokenizer_class": "PreTrainedTokenizerFast"})
+    _write_json(out_dir / "special_tokens_map.json", specials)
+    (out_dir / "tokenizer.model").write_bytes(model_proto)
