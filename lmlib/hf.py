@@ -14,7 +14,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -27,7 +26,6 @@ from flax import traverse_util
 
 from lmlib.errors import ConfigError
 from lmlib.models import Gpt2Config, LlamaConfig, ModelConfig, abstract_model
-from lmlib.models import layers
 
 Params = dict[str, Any]  # the nested pure dict of nnx.to_pure_dict(nnx.state(model))
 
