@@ -26,6 +26,7 @@ from lmlib.errors import ConfigError
 from lmlib.models import ModelConfig
 from lmlib.train.loop import TrainerConfig
 from lmlib.train.optimizer import AdamW
+from lmlib.tree_util import flatten_dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,17 +96,9 @@ def description(cls: type[Experiment]) -> str:
 # ----------------------------------------------------------------------------- overrides
 
 
-def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(config: Any) -> dict[str, Any]:
     """{"trainer.mesh.data": 1, ...} for every leaf field of a config tree."""
-    out = {}
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        key = f"{prefix}{field.name}"
-        if dataclasses.is_dataclass(value):
-            out.update(flatten(value, key + "."))
-        else:
-            out[key] = value
-    return out
+    return flatten_dict(dataclasses.asdict(config))
 
 
 def _parse(text: str, annotation: Any, key: str) -> Any:
@@ -152,7 +145,7 @@ def _override(config: Any, path: list[str], text: str, full_key: str) -> Any:
         value = _override(current, rest, text, full_key)
     elif dataclasses.is_dataclass(current):
         raise ConfigError(f"--set {full_key}: is a group of fields; set one of "
-                          f"{', '.join(sorted(flatten(current, full_key + '.')))}")
+                          f"{', '.join(sorted(flatten_dict(dataclasses.asdict(current), full_key + '.')))}")
     else:
         value = _parse(text, hints[name], full_key)
     return dataclasses.replace(config, **{name: value})

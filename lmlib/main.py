@@ -7,10 +7,9 @@ numbers, nothing allocated), list (the registered experiments).
 
 from __future__ import annotations
 
-import logging
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from lmlib.errors import ConfigError
 
@@ -43,8 +42,9 @@ def run(argv: list[str]) -> None:
 
 
 def main(argv: list[str]) -> None:
-    # JAX logs at INFO that it found no TPU; on a CPU or GPU machine that is noise.
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    # Libraries (JAX, Orbax) log routine events at INFO through absl; lmlib prints its own
+    # progress, so only their warnings are shown.
+    logging.set_verbosity(logging.WARNING)
     try:
         run(argv)
     except ConfigError as e:  # a user mistake: one line, no traceback

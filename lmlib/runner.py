@@ -13,7 +13,6 @@ from lmlib import experiment
 from lmlib.experiment import ExperimentConfig
 from lmlib.models import num_params
 from lmlib.train.loop import Trainer
-from lmlib.train.state import init_state
 
 
 def list_experiments() -> str:
@@ -62,7 +61,7 @@ def train(config: ExperimentConfig, workdir: str | None) -> None:
 
 def evaluate(config: ExperimentConfig, workdir: str | None) -> dict[str, float]:
     trainer = Trainer(config, workdir)
-    metrics = trainer.evaluate(init_state(trainer.layout).params)
+    metrics = trainer.evaluate(trainer.eval_params())
     print(f"eval loss {metrics['eval/loss']:.4f} | perplexity {metrics['eval/perplexity']:.2f}",
           flush=True)
     return metrics

@@ -36,6 +36,9 @@ class PretrainData:
     tokenizer: TokenizerConfig = TokenizerConfig()
     cache_dir: str = ""  # prepared data and trained tokenizers; "" = $LMLIB_CACHE or ~/.cache/lmlib
     num_shards: int = 8
+    # Packed rows are shuffled in windows of this many rows: a long document fills many
+    # consecutive rows, and without this they would land in the same or adjacent batches.
+    row_shuffle_window: int = 1024
 
     def __post_init__(self):
         if self.source != "stdlib":
@@ -113,8 +116,8 @@ def _model_inputs(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def packed_dataset(shard_paths: list[str], *, seq_len: int, batch_size: int, seed: int,
-                   shuffle: bool, repeat: bool, process_index: int = 0,
-                   process_count: int = 1) -> grain.IterDataset:
+                   shuffle: bool, repeat: bool, row_shuffle_window: int = 0,
+                   process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
     """Batches of packed rows for this process: `batch_size` is the per-process batch."""
     if not shard_paths:
         raise ConfigError("the prepared data has no shards for this split")
@@ -124,6 +127,27 @@ def packed_dataset(shard_paths: list[str], *, seq_len: int, batch_size: int, see
     if repeat:
         dataset = dataset.repeat()
     dataset = dataset[process_index::process_count].map(_decode)
-    packed = grain.experimental.ConcatThenSplitIterDataset(
-        dataset.to_iter_dataset(), length_struct={"tokens": seq_len + 1})
-    return packed.map(_model_inputs).batch(batch_size, drop_remainder=True)
+    rows = grain.experimental.ConcatThenSplitIterDataset(
+        dataset.to_iter_dataset(), length_struct={"tokens": seq_len + 1}).map(_model_inputs)
+    if shuffle and row_shuffle_window > 1:
+        rows = grain.experimental.WindowShuffleIterDataset(
+            rows, window_size=row_shuffle_window, seed=seed)
+    return rows.batch(batch_size, drop_remainder=True)
+
+
+def _lists_to_tuples(value):
+    if isinstance(value, dict):
+        return {k: _lists_to_tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_lists_to_tuples(v) for v in value)
+    return value
+
+
+def restore_iterator_state(iterator: grain.DatasetIterator, state: dict) -> None:
+    """Sets a state that went through JSON (in a checkpoint) on a fresh iterator.
+
+    JSON turns tuples into lists, and Grain's concat-then-split packer compares its remainder
+    slice with the tuple (-1, -1) to mean "empty": a list there silently replays wrong rows.
+    Grain states hold no lists of their own, so every list goes back to a tuple.
+    """
+    iterator.set_state(_lists_to_tuples(state))

@@ -14,11 +14,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmlib.data.pretrain import packed_dataset, prepare_data
+from lmlib.data.pretrain import packed_dataset, prepare_data, restore_iterator_state
 from lmlib.errors import ConfigError
 from lmlib.mesh import MeshConfig, batch_axis_size, batch_sharding, make_mesh
+from lmlib.train import checkpoint as ckpt
+from lmlib.train.checkpoint import CheckpointConfig, Checkpointer
 from lmlib.train.metrics import MetricsLogger, peak_flops_per_device
-from lmlib.train.state import TrainState, init_state, state_layout
+from lmlib.train.preemption import Preemption
+from lmlib.train.state import TrainState, abstract_state, init_state, state_layout
 from lmlib.train.step import StepConfig, make_eval_step, make_train_step
 
 if TYPE_CHECKING:
@@ -41,6 +44,7 @@ class TrainerConfig:
     loss_chunk_len: int = 128  # positions per cross-entropy chunk: bounds the logits' memory
     peak_flops_per_device: float = 0.0  # for MFU; 0 = from lmlib.train.metrics.PEAK_FLOPS
     mesh: MeshConfig = MeshConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
 
     def __post_init__(self):
         for name in ("num_train_steps", "batch_size", "log_every", "eval_every"):
@@ -145,11 +149,9 @@ class Trainer:
 
     def compile(self):
         """AOT-compiles the train step from shapes alone (nothing allocated); returns it."""
-        abstract_state = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-            jax.eval_shape(self.layout.init), self.layout.shardings)
         with jax.set_mesh(self.mesh):
-            return self._train_step.lower(abstract_state, self._abstract_batch()).compile()
+            return self._train_step.lower(abstract_state(self.layout),
+                                          self._abstract_batch()).compile()
 
     def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """This process's rows -> one global array per field, sharded over the batch axes."""
@@ -161,7 +163,8 @@ class Trainer:
         return packed_dataset(
             self.data.shards(split), seq_len=self.config.model.seq_len,
             batch_size=trainer.batch_size // jax.process_count(), seed=trainer.seed,
-            shuffle=shuffle, repeat=repeat, process_index=jax.process_index(),
+            shuffle=shuffle, repeat=repeat,
+            row_shuffle_window=self.config.data.row_shuffle_window, process_index=jax.process_index(),
             process_count=jax.process_count())
 
     def train_iterator(self) -> Iterator[dict[str, np.ndarray]]:
@@ -183,44 +186,105 @@ class Trainer:
         loss = loss_sum / weight_sum
         return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 700.0))}
 
+    # ------------------------------------------------------------------ state
+
+    def load_params(self, path: str | Path):
+        """Parameters of any checkpoint (a run's, or an imported one), placed on this mesh."""
+        saved = ckpt.read_meta(path)["config"]
+        current = ckpt.config_json(self.config)
+        ckpt.check_resumable({"model": saved["model"]}, {"model": current["model"]},
+                             allowed=("model.remat", "model.attention_impl"), what="model")
+        print(f"loading parameters from {path}", flush=True)
+        return ckpt.restore_params(path, abstract_state(self.layout).params)
+
+    def initial_state(self, checkpointer: Checkpointer | None, batches) -> TrainState:
+        """Resumes the newest checkpoint of the workdir (data iterator included), else starts
+        from trainer.checkpoint.load_from's parameters, else from scratch."""
+        step = checkpointer.latest_step() if checkpointer else None
+        if step is not None:
+            meta = checkpointer.meta(step)
+            ckpt.check_resumable(meta["config"], ckpt.config_json(self.config))
+            print(f"resuming from {checkpointer.directory}/{step}", flush=True)
+            restore_iterator_state(batches, meta["data"])
+            return checkpointer.restore(step, abstract_state(self.layout))
+        if self.config.trainer.checkpoint.load_from:
+            return init_state(self.layout, self.load_params(self.config.trainer.checkpoint.load_from))
+        return init_state(self.layout)
+
+    def eval_params(self):
+        """What --mode=eval evaluates: load_from, else the workdir's newest checkpoint."""
+        load_from = self.config.trainer.checkpoint.load_from
+        if not load_from and self.workdir and Checkpointer.exists(self.checkpoint_dir):
+            load_from = self.checkpoint_dir
+        if load_from:
+            return self.load_params(load_from)
+        print("no checkpoint to evaluate (no trainer.checkpoint.load_from, no checkpoints in "
+              "the workdir): evaluating the freshly initialised model", flush=True)
+        return init_state(self.layout).params
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.workdir).absolute() / "checkpoints"
+
     # ------------------------------------------------------------------ the loop
 
-    def train(self, state: TrainState | None = None) -> TrainState:
+    def train(self) -> TrainState:
         trainer = self.config.trainer
         total = trainer.num_train_steps
         start = time.monotonic()
         train_step = self.compile()
         print(f"compiled the train step in {time.monotonic() - start:.1f}s", flush=True)
-        state = state if state is not None else init_state(self.layout)
-        first_step = int(state.step)
+        checkpointer = (Checkpointer(self.checkpoint_dir, trainer.checkpoint)
+                        if self.workdir else None)
         batches = self.train_iterator()
-        logger = MetricsLogger(self.workdir, total)
+        state = self.initial_state(checkpointer, batches)
+        first_step = int(state.step)
+        saved_config = ckpt.config_json(self.config)
+        model_type = type(self.config.model).__name__
+        logger = MetricsLogger(self.workdir, total, resume_step=first_step)
         last_log_time, last_log_step = time.monotonic(), first_step
         try:
-            for step in range(first_step + 1, total + 1):
-                state, metrics = train_step(state, self.global_batch(next(batches)))
-                due = lambda every: step % every == 0 or step == total  # noqa: E731
-                logged = {}
-                if due(trainer.log_every) or step == 1:  # step 1 shows the starting loss
-                    logged.update({f"train/{k}": float(v) for k, v in metrics.items()})
-                    if not math.isfinite(logged["train/loss"]):
-                        raise TrainingDiverged(f"step {step}: the loss is {logged['train/loss']}; "
-                                               "stopping (lower optimizer.learning_rate?)")
-                    now = time.monotonic()
-                    seconds_per_step = (now - last_log_time) / (step - last_log_step)
-                    last_log_time, last_log_step = now, step
-                    logged["perf/tokens_per_sec"] = self.tokens_per_step / seconds_per_step
-                    logged["perf/mfu"] = self.flops_per_step / seconds_per_step / self.peak_flops
-                    logged["perf/eta_sec"] = seconds_per_step * (total - step)
-                hooks_start = time.monotonic()
-                if due(trainer.eval_every):
-                    logged.update(self.evaluate(state.params))
-                for hook in self.hooks:
-                    if due(hook.every):
-                        logged.update(hook.fn(step, state) or {})
-                last_log_time += time.monotonic() - hooks_start  # hook time is not step time
-                if logged:
-                    logger.write(step, logged)
+            with Preemption() as preemption:
+                for step in range(first_step + 1, total + 1):
+                    state, metrics = train_step(state, self.global_batch(next(batches)))
+                    due = lambda every: step % every == 0 or step == total  # noqa: E731
+                    logged = {}
+                    if due(trainer.log_every) or step == 1:  # step 1 shows the starting loss
+                        logged.update({f"train/{k}": float(v) for k, v in metrics.items()})
+                        if not math.isfinite(logged["train/loss"]):
+                            raise TrainingDiverged(
+                                f"step {step}: the loss is {logged['train/loss']}; stopping "
+                                "(lower optimizer.learning_rate?)")
+                        now = time.monotonic()
+                        seconds_per_step = (now - last_log_time) / (step - last_log_step)
+                        last_log_time, last_log_step = now, step
+                        logged["perf/tokens_per_sec"] = self.tokens_per_step / seconds_per_step
+                        logged["perf/mfu"] = (self.flops_per_step / seconds_per_step
+                                              / self.peak_flops)
+                        logged["perf/eta_sec"] = seconds_per_step * (total - step)
+                    evaluate = due(trainer.eval_every)
+                    hooks = [hook for hook in self.hooks if due(hook.every)]
+                    save = checkpointer and (step == total or preemption.requested
+                                             or checkpointer.manager.should_save(step))
+                    if evaluate or hooks or save:  # their time is not step time
+                        jax.block_until_ready(state)
+                        pause_start = time.monotonic()
+                        if evaluate:
+                            logged.update(self.evaluate(state.params))
+                        for hook in hooks:
+                            logged.update(hook.fn(step, state) or {})
+                        if save:
+                            checkpointer.save(step, state, batches.get_state(), saved_config,
+                                              model_type, force=True)
+                        last_log_time += time.monotonic() - pause_start
+                    if logged:
+                        logger.write(step, logged)
+                    if preemption.requested:
+                        print(f"preempted: saved a checkpoint at step {step}; exiting", flush=True)
+                        break
         finally:
             logger.close()
+            if checkpointer:
+                checkpointer.wait()
+                checkpointer.close()
         return state

@@ -69,6 +69,12 @@ class TensorBoardWriter:
             summary_pb2.Summary.Value(tag=tag, simple_value=float(v)) for tag, v in values.items()])
         self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
 
+    def restart(self, step: int) -> None:
+        """TensorBoard drops the events at and after `step` written by an interrupted run."""
+        self._writer.add_event(event_pb2.Event(
+            wall_time=time.time(), step=step,
+            session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+
     def flush(self) -> None:
         self._writer.flush()
 
@@ -82,15 +88,24 @@ class MetricsLogger:
     Only process 0 writes, so a multi-host run logs once.
     """
 
-    def __init__(self, workdir: str | Path | None, num_train_steps: int):
+    def __init__(self, workdir: str | Path | None, num_train_steps: int, resume_step: int = 0):
+        """`resume_step`: the step the run continues from; anything logged after it by the
+        interrupted run is dropped, so the logs hold each step once."""
         self.num_train_steps = num_train_steps
         self.active = jax.process_index() == 0
         self._jsonl = self._tensorboard = None
         if workdir and self.active:
             workdir = Path(workdir)
             workdir.mkdir(parents=True, exist_ok=True)
-            self._jsonl = open(workdir / "metrics.jsonl", "a")
+            path = workdir / "metrics.jsonl"
+            if path.exists():
+                kept = [line for line in path.read_text().splitlines()
+                        if line.strip() and json.loads(line)["step"] <= resume_step]
+                path.write_text("".join(line + "\n" for line in kept))
+            self._jsonl = open(path, "a")
             self._tensorboard = TensorBoardWriter(workdir / "tensorboard")
+            if resume_step:
+                self._tensorboard.restart(resume_step + 1)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.active:

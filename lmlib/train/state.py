@@ -30,7 +30,7 @@ class StateLayout:
 
     graphdef: nnx.GraphDef
     shardings: TrainState
-    init: Callable[[], TrainState]  # pure: call under jit with out_shardings=shardings
+    init: Callable[..., TrainState]  # pure, (params=None) -> state: jit with out_shardings
 
 
 def state_layout(config: ModelConfig, optimizer: optax.GradientTransformation, mesh: Mesh,
@@ -39,8 +39,9 @@ def state_layout(config: ModelConfig, optimizer: optax.GradientTransformation, m
     graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: config.make(nnx.Rngs(seed))))
     params_sharding = nnx.to_pure_dict(param_shardings(abstract_params, mesh))
 
-    def init() -> TrainState:
-        params = nnx.to_pure_dict(nnx.state(config.make(nnx.Rngs(seed))))
+    def init(params=None) -> TrainState:
+        if params is None:
+            params = nnx.to_pure_dict(nnx.state(config.make(nnx.Rngs(seed))))
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=optimizer.init(params))
 
@@ -53,6 +54,15 @@ def state_layout(config: ModelConfig, optimizer: optax.GradientTransformation, m
     return StateLayout(graphdef, shardings, init)
 
 
-def init_state(layout: StateLayout) -> TrainState:
-    """Parameters and optimizer state initialised inside jit, each leaf born in its sharding."""
-    return jax.jit(layout.init, out_shardings=layout.shardings)()
+def abstract_state(layout: StateLayout) -> TrainState:
+    """The TrainState as ShapeDtypeStructs in their shardings: a target for compile or restore."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        jax.eval_shape(layout.init), layout.shardings)
+
+
+def init_state(layout: StateLayout, params=None) -> TrainState:
+    """A fresh TrainState made inside jit, each leaf born in its sharding; from `params` (already
+    placed, e.g. restored) when given, else from the model's initialisers."""
+    if params is None:
+        return jax.jit(layout.init, out_shardings=layout.shardings)()
+    return jax.jit(layout.init, out_shardings=layout.shardings)(params)

@@ -1,0 +1,209 @@
+"""Checkpoints: Orbax CheckpointManager, async and atomic, under `workdir/checkpoints/<step>`.
+
+A checkpoint has two items:
+    state   TrainState (params, optimizer state, step), every array saved and restored sharded,
+            so no host holds the whole model and a checkpoint restores onto any mesh
+    meta    JSON: step, the data iterator's state, the resolved config, the model config's type
+Two policies at once (as Levanter): a temporary checkpoint every `save_interval` of wall time,
+of which only the newest is kept, and a permanent one every `save_every_steps` steps.
+Orbax writes into a temporary directory and renames it when complete, so a run killed mid-save
+never leaves a checkpoint that looks finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+from lmlib.errors import ConfigError
+from lmlib.models import Gpt2Config, LlamaConfig, ModelConfig
+from lmlib.tree_util import flatten_dict
+
+MODEL_CONFIGS = {cls.__name__: cls for cls in (LlamaConfig, Gpt2Config)}
+
+# Fields that may change between a run and its resumption: they do not change the math.
+RESUMABLE_CHANGES = (
+    "trainer.num_train_steps", "trainer.log_every", "trainer.eval_every",
+    "trainer.eval_batches", "trainer.checkpoint.", "trainer.peak_flops_per_device",
+    "trainer.mesh.", "trainer.microbatch_size", "model.remat", "model.attention_impl",
+    "data.cache_dir", "data.num_shards", "name",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    save_interval: str = "15m"  # temporary checkpoints (newest kept): "30s", "15m", "1h"; "" = off
+    save_every_steps: int = 0  # permanent checkpoints every N steps; 0 = none
+    load_from: str = ""  # start from these params: a step directory, or a checkpoints/ directory
+    async_save: bool = True  # write in the background while training continues
+
+    def __post_init__(self):
+        parse_duration(self.save_interval)
+        if self.save_every_steps < 0:
+            raise ConfigError("trainer.checkpoint.save_every_steps must be >= 0")
+
+    @property
+    def save_interval_seconds(self) -> int | None:
+        return parse_duration(self.save_interval)
+
+
+def parse_duration(text: str) -> int | None:
+    """'90s', '15m', '2h' -> seconds; '' -> None."""
+    if not text:
+        return None
+    match = re.fullmatch(r"(\d+)\s*([smh])", text.strip())
+    if not match:
+        raise ConfigError(f"trainer.checkpoint.save_interval={text!r}: expected e.g. 30s, 15m, 1h")
+    return int(match[1]) * {"s": 1, "m": 60, "h": 3600}[match[2]]
+
+
+class Checkpointer:
+    """Saves and restores a run's checkpoints in `directory` (local or gs://)."""
+
+    def __init__(self, directory: str | Path, config: CheckpointConfig):
+        self.directory = directory
+        save_policies: list = []
+        if config.save_interval_seconds:
+            save_policies.append(policies.ContinuousCheckpointingPolicy(
+                minimum_interval_secs=config.save_interval_seconds))
+        keep: list = [policies.LatestN(1)]
+        if config.save_every_steps:
+            save_policies.append(policies.FixedIntervalPolicy(config.save_every_steps))
+            keep.append(policies.EveryNSteps(config.save_every_steps))
+        options = ocp.CheckpointManagerOptions(
+            save_decision_policy=policies.AnySavePolicy(save_policies),
+            preservation_policy=policies.AnyPreservationPolicy(keep),
+            enable_async_checkpointing=config.async_save,
+            cleanup_tmp_directories=True)
+        self.manager = ocp.CheckpointManager(directory, options=options,
+                                             item_names=("state", "meta"))
+
+    @staticmethod
+    def exists(directory: str | Path) -> bool:
+        """Whether `directory` holds at least one finished checkpoint."""
+        try:
+            step_directory(directory)
+            return True
+        except ConfigError:
+            return False
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, data_state: dict, config: dict, model_type: str,
+             force: bool = False) -> bool:
+        """Saves if a policy says so (or `force`); returns whether a save started."""
+        meta = {"step": step, "data": data_state, "config": config, "model_type": model_type}
+        return self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+
+    def meta(self, step: int) -> dict:
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+    def restore(self, step: int, abstract_state) -> Any:
+        """The state at `step`, placed in the shardings that `abstract_state` carries."""
+        return self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state))).state
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def config_json(config) -> dict:
+    """The resolved config tree as JSON-safe nested dicts (what a checkpoint stores)."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def check_resumable(saved: dict[str, Any], current: dict[str, Any],
+                    allowed: tuple[str, ...] = RESUMABLE_CHANGES, what: str = "run") -> None:
+    """Refuses to continue from a checkpoint whose math `current` would change, naming the keys.
+
+    Both are config_json() trees."""
+    saved, current = flatten_dict(saved), flatten_dict(current)
+    differing = sorted(
+        key for key in saved  # a field added to lmlib since the save keeps its old meaning
+        if saved[key] != current.get(key)
+        and not any(key == p or key.startswith(p) for p in allowed))
+    if differing:
+        details = ", ".join(f"{k} (saved {saved.get(k)!r}, now {current.get(k)!r})"
+                            for k in differing)
+        raise ConfigError(f"the checkpoint comes from a different {what}: {details}")
+
+
+def step_directory(path: str | Path) -> tuple[Path, int]:
+    """A step directory, or a checkpoints/ directory (its newest step) -> (checkpoints dir, step)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"trainer.checkpoint.load_from: no such checkpoint: {path}")
+    if path.name.isdigit() and (path / "state").exists():
+        return path.parent, int(path.name)
+    steps = [int(p.name) for p in path.iterdir() if p.name.isdigit() and (p / "state").exists()]
+    if not steps and (path / "checkpoints").is_dir():  # a run's workdir
+        return step_directory(path / "checkpoints")
+    if not steps:
+        raise ConfigError(f"trainer.checkpoint.load_from: {path} holds no checkpoint")
+    return path, max(steps)
+
+
+def _read_only_manager(directory: Path) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(directory, item_names=("state", "meta"),
+                                 options=ocp.CheckpointManagerOptions(create=False))
+
+
+def read_meta(path: str | Path) -> dict:
+    """The meta item (step, data state, config) of a checkpoint given as for restore_params."""
+    directory, step = step_directory(path)
+    manager = _read_only_manager(directory)
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    manager.close()
+    return meta
+
+
+def model_config(meta: dict) -> ModelConfig:
+    """The model config a checkpoint was written with."""
+    return MODEL_CONFIGS[meta["model_type"]](**meta["config"]["model"])
+
+
+def restore_params(path: str | Path, abstract_params) -> Any:
+    """Only the parameters of a checkpoint (params in the shardings of `abstract_params`)."""
+    directory, step = step_directory(path)
+    manager = _read_only_manager(directory)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            {"params": abstract_params},
+            restore_args=ocp.checkpoint_utils.construct_restore_args({"params": abstract_params}),
+            partial_restore=True)))
+    manager.close()
+    return restored.state["params"]
+
+
+def save_params(directory: str | Path, params, config: ModelConfig) -> None:
+    """Writes a parameters-only checkpoint (step 0) that load_from and load_params accept."""
+    manager = ocp.CheckpointManager(Path(directory).absolute(), item_names=("state", "meta"),
+                                    options=ocp.CheckpointManagerOptions(
+                                        enable_async_checkpointing=False))
+    meta = {"step": 0, "data": None, "model_type": type(config).__name__,
+            "config": {"model": dataclasses.asdict(config)}}
+    manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params}),
+                                            meta=ocp.args.JsonSave(meta)), force=True)
+    manager.wait_until_finished()
+    manager.close()
+
+
+def load_params(path: str | Path) -> tuple[ModelConfig, Any]:
+    """(model config, params as host numpy arrays) of any checkpoint, for tools and notebooks."""
+    from flax import nnx
+
+    config = model_config(read_meta(path))
+    abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: config.make(nnx.Rngs(0)))))
+    return config, restore_params(path, abstract)
