@@ -22,13 +22,15 @@ def start_cli(*args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def read_until(process: subprocess.Popen, prefix: str) -> list[str]:
+def read_until_step(process: subprocess.Popen, step: int) -> None:
+    """Reads the run's output until its log line of `step` ("step  25/40 | loss ...")."""
     lines = []
     for line in process.stdout:
         lines.append(line)
-        if line.startswith(prefix):
-            return lines
-    raise AssertionError(f"the run ended before printing {prefix!r}:\n{''.join(lines)}")
+        words = line.split()
+        if words[:1] == ["step"] and words[1].startswith(f"{step}/"):
+            return
+    raise AssertionError(f"the run ended before logging step {step}:\n{''.join(lines)}")
 
 
 def checkpoint_steps(workdir) -> list[int]:
@@ -41,7 +43,7 @@ def test_sigkill_then_restart_is_the_same_run_bit_for_bit(tmp_path):
 
     killed = tmp_path / "killed"
     process = start_cli(*CHECKPOINTED, steps, f"--workdir={killed}")
-    read_until(process, "step 25/40")
+    read_until_step(process, 25)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert max(checkpoint_steps(killed)) in (10, 20)  # 20 may have been mid-write: never picked
@@ -58,7 +60,7 @@ def test_sigkill_then_restart_is_the_same_run_bit_for_bit(tmp_path):
 def test_sigterm_saves_at_the_step_reached_exits_0_and_restart_continues(tmp_path):
     process = start_cli(*CHECKPOINTED, "--set=trainer.num_train_steps=1000",
                         f"--workdir={tmp_path}")
-    read_until(process, "step 3/")
+    read_until_step(process, 3)
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 0, output
