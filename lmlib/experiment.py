@@ -21,6 +21,7 @@ import types
 import typing
 from typing import Any
 
+from lmlib import hf
 from lmlib.data.pretrain import PretrainData
 from lmlib.errors import ConfigError
 from lmlib.models import ModelConfig
@@ -36,13 +37,28 @@ class ExperimentConfig:
     data: PretrainData
     optimizer: AdamW
     trainer: TrainerConfig
+    init_from: str = ""  # a Hugging Face directory or hub id whose weights the run starts from
+
+
+@dataclasses.dataclass(frozen=True)
+class HFCheckpoint:
+    """Start from a Hugging Face checkpoint: a local directory or a hub id."""
+
+    path: str
 
 
 class Experiment:
-    """Base class: override the methods whose defaults do not fit."""
+    """Base class: override the methods whose defaults do not fit.
+
+    With `init_from()` (or --set init_from=...), the model config comes from the checkpoint's
+    config.json and the tokenizer from its directory, unless the experiment defines them."""
 
     def model(self) -> ModelConfig:
-        raise NotImplementedError(f"{type(self).__name__} must define model()")
+        raise ConfigError(f"{type(self).__name__} defines neither model() nor init_from(); "
+                          "set init_from=HF_DIR")
+
+    def init_from(self) -> HFCheckpoint | None:
+        return None
 
     def data(self) -> PretrainData:
         return PretrainData()
@@ -53,9 +69,23 @@ class Experiment:
     def trainer(self) -> TrainerConfig:
         return TrainerConfig()
 
-    def config(self) -> ExperimentConfig:
-        return ExperimentConfig(name=type(self).__name__, model=self.model(), data=self.data(),
-                                optimizer=self.optimizer(), trainer=self.trainer())
+    def config(self, init_from: str | None = None) -> ExperimentConfig:
+        """The resolved tree; `init_from` replaces the experiment's own init_from()."""
+        if init_from is None:
+            checkpoint = self.init_from()
+            init_from = checkpoint.path if checkpoint else ""
+        model, data = None, self.data()
+        if init_from:
+            hf_dir = hf.resolve_hf_dir(init_from)
+            if type(self).model is Experiment.model:
+                model = hf.model_config_from_hf(hf.read_hf_config(hf_dir))
+            tokenizer = hf.tokenizer_file(hf_dir)
+            if tokenizer and not data.tokenizer.path:
+                data = dataclasses.replace(
+                    data, tokenizer=dataclasses.replace(data.tokenizer, path=str(tokenizer)))
+        return ExperimentConfig(name=type(self).__name__, model=model or self.model(), data=data,
+                                optimizer=self.optimizer(), trainer=self.trainer(),
+                                init_from=init_from)
 
 
 _REGISTRY: dict[str, type[Experiment]] = {}
@@ -169,6 +199,11 @@ def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> Experimen
 
 def resolve(name: str, overrides: list[str] = ()) -> ExperimentConfig:
     """The frozen config tree of a registered experiment with --set overrides applied."""
-    config = apply_overrides(lookup(name).config(), list(overrides))
+    # init_from decides the model config and tokenizer that the other overrides then refine.
+    init_from = [o.partition("=")[2].strip() for o in overrides
+                 if o.partition("=")[0].strip() == "init_from"]
+    config = lookup(name).config(init_from[-1] if init_from else None)
+    config = apply_overrides(config, [o for o in overrides
+                                      if o.partition("=")[0].strip() != "init_from"])
     config.trainer.check_fits(config.model)
     return config

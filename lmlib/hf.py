@@ -416,6 +416,31 @@ def open_hf_tensors(hf_dir: str | Path, *, allow_pickle: bool = False) -> Mappin
     return _lazy_tensors(hf_dir, "pickle")
 
 
+def resolve_hf_dir(path_or_id: str) -> Path:
+    """A local Hugging Face directory as it is; a hub id ("org/name") downloaded through
+    huggingface_hub's cache (token from the environment, e.g. HF_TOKEN)."""
+    path = Path(path_or_id).expanduser()
+    if path.exists():
+        return path
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", path_or_id):
+        raise ConfigError(f"init_from={path_or_id!r}: no such directory, and not a hub id")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(path_or_id, allow_patterns=[
+            "*.json", "*.safetensors", "tokenizer.model"]))
+    except Exception as e:  # offline, gated, misspelt: the user must fix the id or the network
+        raise ConfigError(f"init_from={path_or_id!r}: cannot download from the hub: {e}") from None
+
+
+def tokenizer_file(hf_dir: str | Path) -> Path | None:
+    """The directory's tokenizer: sentencepiece `tokenizer.model` first, else `tokenizer.json`."""
+    for name in ("tokenizer.model", "tokenizer.json"):
+        if (Path(hf_dir) / name).exists():
+            return Path(hf_dir) / name
+    return None
+
+
 def read_hf_config(hf_dir: str | Path) -> dict[str, Any]:
     path = Path(hf_dir) / "config.json"
     if not path.exists():

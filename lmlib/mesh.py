@@ -121,7 +121,7 @@ def param_shardings(abstract_state, mesh: Mesh):
     def sharding_of(variable):
         names = variable.get_metadata().get("out_sharding")
         spec = logical_to_spec(names)
-        shape = variable.value.shape
+        shape = variable.get_value().shape
         fitted = []
         for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
             axis_tuple = (axes,) if isinstance(axes, str) else (axes or ())

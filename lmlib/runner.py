@@ -9,7 +9,8 @@ from pathlib import Path
 
 import jax
 
-from lmlib import experiment
+from lmlib import experiment, hf
+from lmlib.errors import ConfigError
 from lmlib.experiment import ExperimentConfig
 from lmlib.models import num_params
 from lmlib.train.loop import Trainer
@@ -51,9 +52,31 @@ def _save_config(config: ExperimentConfig, workdir: str | None) -> None:
             json.dumps(dataclasses.asdict(config), indent=1, default=str))
 
 
+def hf_export_hook(trainer: Trainer, root: Path):
+    """A hook that writes the current parameters as a Hugging Face directory per step."""
+    export = trainer.config.trainer.hf_export
+    tokenizer = trainer.data.tokenizer
+
+    def write(step: int, state) -> None:
+        out = root / f"step_{step:06d}"
+        hf.save_hf(out, trainer.config.model, jax.device_get(state.params), dtype=export.dtype,
+                   bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
+        if getattr(tokenizer, "model_proto", None):
+            hf.save_hf_tokenizer(out, tokenizer.model_proto)
+        print(f"exported a Hugging Face model to {out}", flush=True)
+
+    return write
+
+
 def train(config: ExperimentConfig, workdir: str | None) -> None:
     _save_config(config, workdir)
     trainer = Trainer(config, workdir)
+    export = config.trainer.hf_export
+    if export.every_steps:
+        if not (export.path or workdir):
+            raise ConfigError("trainer.hf_export needs trainer.hf_export.path or --workdir")
+        root = Path(export.path or Path(workdir) / "hf")
+        trainer.add_hook(hf_export_hook(trainer, root), export.every_steps)
     print(f"{config.name}: {num_params(config.model):,} parameters on "
           f"{jax.device_count()} {jax.devices()[0].platform} device(s)", flush=True)
     trainer.train()

@@ -30,6 +30,7 @@ class Tokenizer:
 
 class SentencePieceTokenizer(Tokenizer):
     def __init__(self, model_proto: bytes):
+        self.model_proto = model_proto  # the serialized model, for exporting it (lmlib.hf)
         self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
         self.vocab_size = self._sp.vocab_size()
         self.bos_id, self.eos_id = self._sp.bos_id(), self._sp.eos_id()

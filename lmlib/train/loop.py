@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lmlib import hf
 from lmlib.data.pretrain import packed_dataset, prepare_data, restore_iterator_state
 from lmlib.errors import ConfigError
 from lmlib.mesh import MeshConfig, batch_axis_size, batch_sharding, make_mesh
@@ -32,6 +33,13 @@ DTYPES = {"f32": jnp.float32, "bf16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
+class HFExportConfig:
+    every_steps: int = 0  # write a Hugging Face directory every N steps and at the end; 0 = never
+    path: str = ""  # where: PATH/step_000100/...; "" = workdir/hf
+    dtype: str = "bfloat16"  # float32 | bfloat16
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainerConfig:
     num_train_steps: int = 1000
     batch_size: int = 32  # global, in sequences of model.seq_len tokens
@@ -45,6 +53,7 @@ class TrainerConfig:
     peak_flops_per_device: float = 0.0  # for MFU; 0 = from lmlib.train.metrics.PEAK_FLOPS
     mesh: MeshConfig = MeshConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    hf_export: HFExportConfig = HFExportConfig()
 
     def __post_init__(self):
         for name in ("num_train_steps", "batch_size", "log_every", "eval_every"):
@@ -209,7 +218,23 @@ class Trainer:
             return checkpointer.restore(step, abstract_state(self.layout))
         if self.config.trainer.checkpoint.load_from:
             return init_state(self.layout, self.load_params(self.config.trainer.checkpoint.load_from))
+        if self.config.init_from:
+            return init_state(self.layout, self.load_hf_params(self.config.init_from))
         return init_state(self.layout)
+
+    def load_hf_params(self, path: str):
+        """A Hugging Face checkpoint's weights, converted tensor by tensor and placed sharded."""
+        print(f"loading Hugging Face weights from {path}", flush=True)
+        _, params = hf.load_hf(hf.resolve_hf_dir(path), progress=True)
+        expected = abstract_state(self.layout).params
+        mismatched = [
+            f"{'.'.join(str(k.key) for k in key)} {p.shape} vs {e.shape}"
+            for (key, p), e in zip(jax.tree_util.tree_leaves_with_path(params),
+                                   jax.tree.leaves(expected)) if p.shape != e.shape]
+        if mismatched:
+            raise ConfigError(f"init_from={path}: the checkpoint's shapes differ from "
+                              f"the model config's: {', '.join(mismatched)}")
+        return jax.device_put(params, self.layout.shardings.params)
 
     def eval_params(self):
         """What --mode=eval evaluates: load_from, else the workdir's newest checkpoint."""

@@ -1,0 +1,73 @@
+"""Training from and to Hugging Face through the real CLI: continued pretraining starts at
+transformers' loss, and the export during training loads in transformers with the same logits."""
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import lmlib
+from lmlib import experiment, hf
+from lmlib.data.pretrain import PretrainData, prepare_data
+from lmlib.train.loop import Trainer
+from conftest import run_cli, train_losses
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    """A tiny random HF Llama with the demo's tokenizer, so the demo's prepared data fits it."""
+    directory = tmp_path_factory.mktemp("hf_llama")
+    config = transformers.LlamaConfig(
+        vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        tie_word_embeddings=False)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(directory)
+    hf.save_hf_tokenizer(directory, prepare_data(PretrainData()).tokenizer.model_proto)
+    return directory
+
+
+def hf_loss(model, batch) -> float:
+    """transformers' mean token loss of a packed lmlib batch, one document segment at a time."""
+    loss_sum = weight_sum = 0.0
+    for tokens, targets, weights, segments in zip(batch["tokens"], batch["targets"],
+                                                  batch["weights"], batch["segment_ids"]):
+        for segment in np.unique(segments):
+            where = segments == segment
+            with torch.no_grad():
+                logits = model(torch.tensor(tokens[where][None])).logits[0].double()
+            token_losses = torch.nn.functional.cross_entropy(
+                logits, torch.tensor(targets[where]).long(), reduction="none").numpy()
+            loss_sum += float((token_losses * weights[where]).sum())
+            weight_sum += float(weights[where].sum())
+    return loss_sum / weight_sum
+
+
+def test_continued_pretraining_starts_at_transformers_loss_and_exports(hf_dir, tmp_path):
+    overrides = [f"init_from={hf_dir}", "trainer.num_train_steps=1", "trainer.batch_size=4",
+                 "trainer.precision=p=f32,c=f32", "trainer.eval_batches=1",
+                 "trainer.hf_export.every_steps=1", "trainer.hf_export.dtype=float32"]
+    out = run_cli("--exp=ContinuePretraining", *(f"--set={o}" for o in overrides),
+                  f"--workdir={tmp_path}").stdout
+    assert "loading Hugging Face weights" in out
+
+    # The first batch, rebuilt from the same resolved config.
+    config = experiment.resolve("ContinuePretraining", overrides)
+    assert config.model.hidden_dim == 64 and config.data.tokenizer.path.endswith("tokenizer.model")
+    trainer = Trainer(config)
+    batch = next(trainer.train_iterator())
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    assert train_losses(tmp_path)[1] == pytest.approx(hf_loss(model, batch), abs=1e-4)
+
+    # The export after step 1 is the trained model, as transformers sees it.
+    exported = tmp_path / "hf" / "step_000001"
+    trained = transformers.AutoModelForCausalLM.from_pretrained(exported, dtype=torch.float32)
+    tokens = batch["tokens"][:2, :16]
+    with torch.no_grad():
+        theirs = trained(torch.tensor(tokens).long()).logits.numpy()
+    ours = lmlib.load_model(tmp_path).logits(tokens)
+    np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=1e-4)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(exported)
+    text = "def f(x):\n    return x\n"
+    assert tokenizer.encode(text, add_special_tokens=False) == \
+        trainer.data.tokenizer.encode(text)
