@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -73,6 +74,9 @@ def train(config: ExperimentConfig, workdir: str | None) -> None:
     trainer = Trainer(config, workdir)
     export = config.trainer.hf_export
     if export.every_steps:
+        if importlib.util.find_spec("transformers") is None:
+            raise ConfigError("trainer.hf_export writes tokenizer files with transformers: "
+                              "pip install 'lmlib[hf]'")
         if not (export.path or workdir):
             raise ConfigError("trainer.hf_export needs trainer.hf_export.path or --workdir")
         root = Path(export.path or Path(workdir) / "hf")
