@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import time
 import math
 from pathlib import Path
 
@@ -97,13 +98,19 @@ def evaluate(config: ExperimentConfig, workdir: str | None) -> dict[str, float]:
 def dry_run(config: ExperimentConfig) -> None:
     """Builds everything and compiles one step from shapes; reports memory per device."""
     trainer = Trainer(config)
+    start = time.monotonic()
     compiled = trainer.compile()
+    seconds = time.monotonic() - start
     memory = compiled.memory_analysis()
     gib = 2 ** 30
     arguments = memory.argument_size_in_bytes / gib
     temporaries = memory.temp_size_in_bytes / gib
     outputs = (memory.output_size_in_bytes - memory.alias_size_in_bytes) / gib
-    print(f"dry run: compiled one step of {config.name}; memory per device: "
+    total = arguments + temporaries + outputs
+    print(f"dry run: compiled one step of {config.name} in {seconds:.1f}s; memory per device: "
           f"state+batch {arguments:.3f} GiB, temporaries {temporaries:.3f} GiB, "
-          f"outputs {outputs:.3f} GiB, total {arguments + temporaries + outputs:.3f} GiB",
-          flush=True)
+          f"outputs {outputs:.3f} GiB, total {total:.3f} GiB", flush=True)
+    limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+    if limit:  # accelerators report their memory; a CPU host does not
+        verdict = "fits" if total * gib <= limit else "does NOT fit"
+        print(f"dry run: {verdict} in the {limit / gib:.1f} GiB of each device", flush=True)

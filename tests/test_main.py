@@ -50,3 +50,12 @@ def test_show_prints_overridden_tree_and_derived_numbers():
     assert "tokens per step: 491,520" in out
     assert "accumulation steps: 4" in out
     assert "FLOPs per token:" in out
+
+
+def test_dry_run_compiles_a_7b_step_from_shapes_and_reports_memory():
+    out = run_cli("--exp=Llama2_7B", "--mode=dry_run", "--set=trainer.batch_size=8",
+                  "--set=trainer.microbatch_size=8", "--set=model.seq_len=512").stdout
+    line = next(l for l in out.splitlines() if l.startswith("dry run:"))
+    state_gib = float(line.split("state+batch ")[1].split()[0])
+    # f32 parameters and two AdamW moments: 12 bytes x 6,738,415,616, never allocated here.
+    assert state_gib == pytest.approx(12 * 6_738_415_616 / 2**30, rel=0.01)
