@@ -23,27 +23,33 @@ PEAK_FLOPS = {
     "tpu v4": 275e12, "tpu v5 lite": 197e12, "tpu v5e": 197e12, "tpu v5p": 459e12,
     "tpu v5": 459e12, "tpu v6 lite": 918e12, "tpu v6e": 918e12,
 }
-# A CPU has no data-sheet number: assume 32 FLOPs per cycle per core (two 256-bit FMA pipes of
-# float32, as on AVX2 and on Zen 4's AVX-512) at the clock /proc/cpuinfo reports. MFU on a CPU is
-# therefore an estimate; set trainer.peak_flops_per_device to correct it.
+# A CPU has no data-sheet number: assume 32 float32 FLOPs per cycle per core (two 256-bit FMA
+# pipes, as on AVX2 and Zen 4's AVX-512), twice that where the CPU has bfloat16 dot-product
+# instructions (avx512_bf16), at the clock /proc/cpuinfo reports. MFU on a CPU is therefore an
+# estimate; set trainer.peak_flops_per_device to correct it.
 CPU_FLOPS_PER_CYCLE = 32
 
 
-def _cpu_hz() -> float:
+def _cpuinfo(field: str) -> str:
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("cpu MHz"):
-                return float(line.split(":")[1]) * 1e6
+            if line.startswith(field):
+                return line.split(":", 1)[1]
     except OSError:
         pass
-    return 2.0e9
+    return ""
+
+
+def cpu_peak_flops() -> float:
+    hz = float(_cpuinfo("cpu MHz") or 2000) * 1e6
+    per_cycle = CPU_FLOPS_PER_CYCLE * (2 if "avx512_bf16" in _cpuinfo("flags").split() else 1)
+    return per_cycle * hz * (os.cpu_count() or 1)
 
 
 def peak_flops_per_device(device: jax.Device | None = None) -> float:
     device = device or jax.devices()[0]
     if device.platform == "cpu":
-        host_flops = CPU_FLOPS_PER_CYCLE * _cpu_hz() * (os.cpu_count() or 1)
-        return host_flops / jax.local_device_count()
+        return cpu_peak_flops() / jax.local_device_count()
     kind = device.device_kind.lower()
     for name, flops in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])):
         if name in kind:
