@@ -14,7 +14,9 @@ from conftest import run_cli
     (["--exp=StdlibLlama", "--set=trainer.mesh=2"], "is a group of fields"),
     (["--exp=StdlibLlama", "--set=trainer.batch_size=10", "--set=trainer.microbatch_size=4"],
      "trainer.batch_size=10 is not a multiple of trainer.microbatch_size=4"),
-    (["--exp=StdlibLlama", "--set=trainer.mesh.data=3"], "data*fsdp*tensor = 3 but there are 1"),
+    (["--exp=StdlibLlama", "--set=trainer.mesh.data=3", "--set=trainer.mesh.fsdp=1"],
+     "data*fsdp*tensor = 3 but there are 1 devices"),
+    (["--exp=StdlibLlama", "--set=trainer.mesh.data=3"], "1 devices cannot be split into 3 x N"),
     (["--exp=StdlibLlama", "--set=model.num_kv_heads=3"], "not a multiple of model.num_kv_heads=3"),
     (["--exp=StdlibLlama", "--set=trainer.precision=fp8"], "trainer.precision='fp8'"),
 ])
