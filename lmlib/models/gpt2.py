@@ -31,9 +31,7 @@ class Gpt2Config:
         if self.hidden_dim % self.num_heads:
             raise ConfigError(f"model.hidden_dim={self.hidden_dim} is not divisible by "
                               f"model.num_heads={self.num_heads}")
-        if self.remat not in layers.REMAT_POLICIES:
-            raise ConfigError(f"model.remat={self.remat!r}: choose one of "
-                              f"{sorted(layers.REMAT_POLICIES)}")
+        layers.check_compute_options(self.remat, self.attention_impl)
 
     @property
     def ffn_dim(self) -> int:

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lmlib.errors import ConfigError
 from lmlib.mesh import constrain
 
 Initializer = Callable[..., jax.Array]
@@ -239,6 +240,18 @@ REMAT_POLICIES = {
     "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
     "full": jax.checkpoint_policies.nothing_saveable,  # keep only each layer's input
 }
+
+
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+
+
+def check_compute_options(remat: str, attention_impl: str) -> None:
+    """Validates the model config fields that choose how (not what) the model computes."""
+    if remat not in REMAT_POLICIES:
+        raise ConfigError(f"model.remat={remat!r}: choose one of {sorted(REMAT_POLICIES)}")
+    if attention_impl not in ATTENTION_IMPLEMENTATIONS:
+        raise ConfigError(f"model.attention_impl={attention_impl!r}: choose one of "
+                          f"{list(ATTENTION_IMPLEMENTATIONS)}")
 
 
 class ScannedBlocks(nnx.Module):

@@ -6,7 +6,6 @@ Also covers the Llama-shaped families (TeenyTinyLlama, Mistral-style GQA) throug
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
@@ -49,9 +48,7 @@ class LlamaConfig:
         if self.head_dim is None and self.hidden_dim % self.num_heads:
             raise ConfigError(f"model.hidden_dim={self.hidden_dim} is not divisible by "
                               f"model.num_heads={self.num_heads}; set model.head_dim")
-        if self.remat not in layers.REMAT_POLICIES:
-            raise ConfigError(f"model.remat={self.remat!r}: choose one of "
-                              f"{sorted(layers.REMAT_POLICIES)}")
+        layers.check_compute_options(self.remat, self.attention_impl)
 
     @property
     def kv_heads(self) -> int:
