@@ -1,0 +1,1 @@
+"""Launch helpers for GKE clusters of TPUs and GPUs (XPK)."""
