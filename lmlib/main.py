@@ -11,7 +11,7 @@ import sys
 
 from absl import app, flags, logging
 
-from lmlib.errors import ConfigError
+from lmlib.errors import ConfigError, TrainingDiverged
 
 FLAGS = flags.DEFINE_string("exp", None, "Registered experiment name (--mode=list lists them).")
 flags.DEFINE_multi_string("set", [], "Override a config field: --set trainer.batch_size=64.")
@@ -50,6 +50,9 @@ def main(argv: list[str]) -> None:
     except ConfigError as e:  # a user mistake: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except TrainingDiverged as e:  # the checkpoints before it are intact; say so, not a trace
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

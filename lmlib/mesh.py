@@ -100,11 +100,6 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, logical_to_spec(names))
 
 
-def batch_axis_size(mesh: Mesh) -> int:
-    """How many ways the batch dimension is split (data x fsdp)."""
-    return mesh.shape["data"] * mesh.shape["fsdp"]
-
-
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Sharding of a [batch, length] input array."""
     return NamedSharding(mesh, logical_to_spec(("act_batch", "act_length")))

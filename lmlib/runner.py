@@ -6,7 +6,6 @@ import dataclasses
 import importlib.util
 import json
 import time
-import math
 from pathlib import Path
 
 import jax

@@ -16,8 +16,8 @@ import numpy as np
 
 from lmlib import hf
 from lmlib.data.pretrain import packed_dataset, prepare_data, restore_iterator_state
-from lmlib.errors import ConfigError
-from lmlib.mesh import MeshConfig, batch_axis_size, batch_sharding, make_mesh
+from lmlib.errors import ConfigError, TrainingDiverged
+from lmlib.mesh import MeshConfig, batch_sharding, make_mesh
 from lmlib.train import checkpoint as ckpt
 from lmlib.train.checkpoint import CheckpointConfig, Checkpointer
 from lmlib.train.metrics import MetricsLogger, peak_flops_per_device
@@ -96,10 +96,6 @@ class TrainerConfig:
                 self.loss_chunk_len < model.seq_len:
             raise ConfigError(f"model.seq_len={model.seq_len} is not a multiple of "
                               f"trainer.loss_chunk_len={self.loss_chunk_len}")
-
-
-class TrainingDiverged(RuntimeError):
-    pass
 
 
 @dataclasses.dataclass
