@@ -12,6 +12,7 @@ from lmlib.models.gpt2 import Gpt2, Gpt2Config
 from lmlib.models.llama import Llama, LlamaConfig
 
 ModelConfig = LlamaConfig | Gpt2Config
+__all__ = ["Gpt2", "Gpt2Config", "Llama", "LlamaConfig", "ModelConfig", "abstract_model", "num_params"]
 
 
 def abstract_model(config: ModelConfig) -> nnx.Module:
