@@ -129,8 +129,8 @@ def default_attention_impl() -> str:
 
 
 def dot_product_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array,
-                          segment_ids_bt: jax.Array, implementation: str = "auto") -> jax.Array:
-    """Causal attention within packed documents; the one place an implementation is chosen.
+                          mask_b1ts: jax.Array, implementation: str = "auto") -> jax.Array:
+    """Masked attention (see attention_mask); the one place an implementation is chosen.
 
     jax.nn.dot_product_attention handles grouped-query attention (N a multiple of K) and keeps
     the logits and softmax in float32 even for bfloat16 inputs.
@@ -138,8 +138,12 @@ def dot_product_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Arra
     if implementation == "auto":
         implementation = default_attention_impl()
     return jax.nn.dot_product_attention(
-        q_btnh, k_bskh, v_bskh, mask=attention_mask(segment_ids_bt),
-        implementation=implementation)
+        q_btnh, k_bskh, v_bskh, mask=mask_b1ts, implementation=implementation)
+
+
+# Decoding keeps each layer's keys and values: (k, v), each (B, S, K, H); stacked over layers
+# (L, B, S, K, H) for the scan. Training passes None.
+KVCache = tuple[jax.Array, jax.Array]
 
 
 class Attention(nnx.Module):
@@ -165,8 +169,11 @@ class Attention(nnx.Module):
         self.rope_theta, self.rope_scaling = rope_theta, rope_scaling
         self.implementation = implementation
 
-    def __call__(self, x_btd: jax.Array, positions_bt: jax.Array,
-                 segment_ids_bt: jax.Array) -> jax.Array:
+    def __call__(self, x_btd: jax.Array, positions_bt: jax.Array, mask_b1ts: jax.Array,
+                 kv_cache: KVCache | None = None,
+                 cache_index: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
+        """With a cache, the new keys and values are written at `cache_index` and the queries
+        attend over the whole cache (S slots); without one, over this call's T positions."""
         q_btnh = jnp.einsum("BTD,DNH->BTNH", x_btd, self.q[...])
         k_btkh = jnp.einsum("BTD,DKH->BTKH", x_btd, self.k[...])
         v_btkh = jnp.einsum("BTD,DKH->BTKH", x_btd, self.v[...])
@@ -179,12 +186,16 @@ class Attention(nnx.Module):
             k_btkh = apply_rope(k_btkh, positions_bt, self.rope_theta, self.rope_scaling)
         q_btnh = constrain(q_btnh, ("act_batch", "act_length", "act_heads", "act_head_dim"))
         k_btkh = constrain(k_btkh, ("act_batch", "act_length", "act_kv_heads", "act_head_dim"))
-        out_btnh = dot_product_attention(q_btnh, k_btkh, v_btkh, segment_ids_bt,
-                                         self.implementation)
+        if kv_cache is not None:
+            start = (0, cache_index, 0, 0)
+            kv_cache = tuple(jax.lax.dynamic_update_slice(cache, new.astype(cache.dtype), start)
+                             for cache, new in zip(kv_cache, (k_btkh, v_btkh)))
+            k_btkh, v_btkh = kv_cache
+        out_btnh = dot_product_attention(q_btnh, k_btkh, v_btkh, mask_b1ts, self.implementation)
         out_btd = jnp.einsum("BTNH,NHD->BTD", out_btnh, self.o[...])
         if self.out_bias:
             out_btd += self.o_bias[...]
-        return out_btd
+        return out_btd, kv_cache
 
 
 class GatedMLP(nnx.Module):
@@ -227,11 +238,14 @@ class Block(nnx.Module):
                  mlp: nnx.Module):
         self.attn_norm, self.attn, self.mlp_norm, self.mlp = attn_norm, attn, mlp_norm, mlp
 
-    def __call__(self, x_btd: jax.Array, positions_bt: jax.Array,
-                 segment_ids_bt: jax.Array) -> jax.Array:
-        x_btd = x_btd + self.attn(self.attn_norm(x_btd), positions_bt, segment_ids_bt)
+    def __call__(self, x_btd: jax.Array, positions_bt: jax.Array, mask_b1ts: jax.Array,
+                 kv_cache: KVCache | None = None, cache_index: jax.Array | None = None
+                 ) -> tuple[jax.Array, KVCache | None]:
+        attn_btd, kv_cache = self.attn(self.attn_norm(x_btd), positions_bt, mask_b1ts,
+                                       kv_cache, cache_index)
+        x_btd = x_btd + attn_btd
         x_btd = x_btd + self.mlp(self.mlp_norm(x_btd))
-        return constrain(x_btd, ("act_batch", "act_length", "act_embed"))
+        return constrain(x_btd, ("act_batch", "act_length", "act_embed")), kv_cache
 
 
 # What the backward pass may keep from the forward pass of each layer (the rest is recomputed).
@@ -270,14 +284,17 @@ class ScannedBlocks(nnx.Module):
         self.blocks = create(rngs)
         self.remat = remat
 
-    def __call__(self, x_btd: jax.Array, positions_bt: jax.Array,
-                 segment_ids_bt: jax.Array) -> jax.Array:
-        def body(x_btd, block):
-            return block(x_btd, positions_bt, segment_ids_bt)
+    def __call__(self, x_btd: jax.Array, positions_bt: jax.Array, mask_b1ts: jax.Array,
+                 kv_cache: KVCache | None = None, cache_index: jax.Array | None = None
+                 ) -> tuple[jax.Array, KVCache | None]:
+        """Each layer reads its slice of the stacked (L, ...) cache; None when training."""
+        def body(x_btd, block, layer_cache):
+            return block(x_btd, positions_bt, mask_b1ts, layer_cache, cache_index)
 
         if self.remat != "none":
             body = nnx.remat(body, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
-        return nnx.scan(body, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)(x_btd, self.blocks)
+        return nnx.scan(body, in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))(
+            x_btd, self.blocks, kv_cache)
 
 
 def flops_per_token(matmul_params: int, num_layers: int, attention_dim: int,

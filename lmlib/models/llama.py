@@ -129,10 +129,16 @@ class Llama(nnx.Module):
 
     def __call__(self, tokens_bt: jax.Array, positions_bt: jax.Array,
                  segment_ids_bt: jax.Array) -> jax.Array:
-        """Final hidden states (B, T, D); `logits` maps them to the vocabulary."""
+        """Final hidden states (B, T, D) of packed rows; `logits` maps them to the vocabulary."""
+        return self.forward(tokens_bt, positions_bt, layers.attention_mask(segment_ids_bt))[0]
+
+    def forward(self, tokens_bt: jax.Array, positions_bt: jax.Array, mask_b1ts: jax.Array,
+                kv_cache: layers.KVCache | None = None, cache_index: jax.Array | None = None
+                ) -> tuple[jax.Array, layers.KVCache | None]:
+        """(hidden states, updated cache) for any attention mask; lmlib.generate decodes with it."""
         x_btd = constrain(self.embed(tokens_bt), ("act_batch", "act_length", "act_embed"))
-        x_btd = self.layers(x_btd, positions_bt, segment_ids_bt)
-        return self.final_norm(x_btd)
+        x_btd, kv_cache = self.layers(x_btd, positions_bt, mask_b1ts, kv_cache, cache_index)
+        return self.final_norm(x_btd), kv_cache
 
     def logits(self, hidden_btd: jax.Array) -> jax.Array:
         if self.config.tie_embeddings:

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from lmlib.models import LlamaConfig
-from lmlib.models.layers import REMAT_POLICIES, dot_product_attention
+from lmlib.models.layers import REMAT_POLICIES, attention_mask, dot_product_attention
 
 
 def reference_attention(q, k, v, segment_ids):
@@ -35,7 +35,8 @@ def test_attention_matches_the_reference(implementation, dtype, tolerance):
     k, v = (jax.random.normal(key, (2, 32, 2, 16)) for key in keys[1:])
     segment_ids = jnp.array([[1] * 20 + [2] * 12, [1] * 32])
     expected = reference_attention(q, k, v, segment_ids)
-    out = dot_product_attention(q.astype(dtype), k.astype(dtype), v.astype(dtype), segment_ids,
+    out = dot_product_attention(q.astype(dtype), k.astype(dtype), v.astype(dtype),
+                                attention_mask(segment_ids),
                                 implementation)
     np.testing.assert_allclose(np.asarray(out, np.float32), expected, atol=tolerance,
                                rtol=tolerance)

@@ -1,0 +1,127 @@
+"""Batched sampling with a preallocated KV cache: one prefill, then one token per step.
+
+Prompts of different lengths are left-padded to one length P, so every row writes its next token
+into the same cache slot. A row's padding slots are masked out of attention and its positions
+start at 0 at its first real token, so a padded row computes exactly what it would alone.
+Both the prefill and the step function are compiled once per (batch, P, max_new_tokens).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lmlib.models import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # keep the k most likely tokens; 0 = all
+    top_p: float = 1.0  # keep the smallest set whose probability reaches p (nucleus)
+    eos_id: int | None = None  # a row stops at this token
+    seed: int = 0
+
+
+def sample_logits(logits_bv: jax.Array, key: jax.Array, config: SamplingConfig) -> jax.Array:
+    """Next token per row from float32 logits (B, V)."""
+    if config.temperature == 0:
+        return jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+    logits_bv = logits_bv / config.temperature
+    if config.top_k:
+        kth = jax.lax.top_k(logits_bv, config.top_k)[0][:, -1:]
+        logits_bv = jnp.where(logits_bv < kth, -jnp.inf, logits_bv)
+    if config.top_p < 1.0:
+        sorted_bv = jnp.sort(logits_bv, axis=-1)[:, ::-1]
+        cumulative = jnp.cumsum(jax.nn.softmax(sorted_bv, axis=-1), axis=-1)
+        # The smallest logit still inside the nucleus: tokens below it are dropped.
+        cutoff = jnp.take_along_axis(
+            sorted_bv, jnp.sum(cumulative < config.top_p, axis=-1, keepdims=True), axis=-1)
+        logits_bv = jnp.where(logits_bv < cutoff, -jnp.inf, logits_bv)
+    return jax.random.categorical(key, logits_bv).astype(jnp.int32)
+
+
+class Sampler:
+    """Generates from `params` of a model; reuse it for many batches (compiled once per shape)."""
+
+    def __init__(self, config: ModelConfig, params, dtype=jnp.float32):
+        self.config = config
+        self.dtype = dtype
+        self.graphdef, _ = nnx.split(nnx.eval_shape(lambda: config.make(nnx.Rngs(0))))
+        self.params = jax.tree.map(lambda p: jnp.asarray(p, dtype), params)
+        self._forward = jax.jit(self._forward_impl, donate_argnums=(4,))
+
+    def _forward_impl(self, params, tokens_bt, positions_bt, mask_b1ts, kv_cache, cache_index):
+        model = nnx.merge(self.graphdef, params)
+        hidden_btd, kv_cache = model.forward(tokens_bt, positions_bt, mask_b1ts, kv_cache,
+                                             cache_index)
+        return model.logits(hidden_btd[:, -1:])[:, 0].astype(jnp.float32), kv_cache
+
+    def _empty_cache(self, batch: int, slots: int):
+        c = self.config
+        shape = (c.num_layers, batch, slots, c.kv_heads, c.head_size)
+        return jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)
+
+    def stream(self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig
+               ) -> Iterator[np.ndarray]:
+        """Yields the next token of every row (B,) as it is produced; finished rows repeat EOS."""
+        if not prompts or not all(prompts):
+            raise ValueError("every prompt needs at least one token")
+        batch, prompt_len = len(prompts), max(map(len, prompts))
+        slots = prompt_len + sampling.max_new_tokens
+        if not hasattr(self.config, "rope_theta") and slots > self.config.seq_len:
+            raise ValueError(f"prompt + max_new_tokens = {slots} exceeds the model's "
+                             f"{self.config.seq_len} learned positions")
+        pad = np.asarray([prompt_len - len(p) for p in prompts], np.int32)
+        tokens = np.zeros((batch, prompt_len), np.int32)
+        for row, prompt in enumerate(prompts):
+            tokens[row, pad[row]:] = prompt
+        slot = np.arange(slots, dtype=np.int32)
+        valid_bs = jnp.asarray(slot[None, :] >= pad[:, None])  # padding never attended
+        positions_bs = jnp.asarray(np.maximum(slot[None, :] - pad[:, None], 0))
+
+        def mask(start: int, length: int) -> jax.Array:  # query slots start..start+length-1
+            causal_ts = slot[None, :] <= (start + np.arange(length))[:, None]
+            return (valid_bs[:, None, :] & causal_ts[None])[:, None]
+
+        key = jax.random.key(sampling.seed)
+        cache = self._empty_cache(batch, slots)
+        logits, cache = self._forward(self.params, jnp.asarray(tokens),
+                                      positions_bs[:, :prompt_len], mask(0, prompt_len), cache,
+                                      jnp.int32(0))
+        done = np.zeros(batch, bool)
+        for step in range(sampling.max_new_tokens):
+            key, subkey = jax.random.split(key)
+            token = np.asarray(sample_logits(logits, subkey, sampling))
+            if sampling.eos_id is not None:
+                token = np.where(done, sampling.eos_id, token)
+                done |= token == sampling.eos_id
+            yield token
+            if done.all() or step == sampling.max_new_tokens - 1:
+                return
+            index = prompt_len + step
+            logits, cache = self._forward(self.params, jnp.asarray(token[:, None]),
+                                          positions_bs[:, index:index + 1], mask(index, 1),
+                                          cache, jnp.int32(index))
+
+    def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
+                 on_token: Callable[[np.ndarray], None] | None = None) -> list[list[int]]:
+        """New tokens per row, cut after EOS."""
+        columns = []
+        for token in self.stream(prompts, sampling):
+            columns.append(token)
+            if on_token:
+                on_token(token)
+        rows = np.stack(columns, axis=1) if columns else np.zeros((len(prompts), 0), np.int32)
+        out = []
+        for row in rows.tolist():
+            if sampling.eos_id is not None and sampling.eos_id in row:
+                row = row[:row.index(sampling.eos_id) + 1]
+            out.append(row)
+        return out

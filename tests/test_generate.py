@@ -1,0 +1,67 @@
+"""Sampling: greedy decoding with the KV cache equals transformers' and an uncached argmax."""
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from lmlib import hf
+from lmlib.generate import Sampler, SamplingConfig
+
+PROMPTS = [[5, 17, 3, 88, 41, 9, 60], [7, 2], [99, 14, 27, 51]]  # different lengths: left-padded
+
+HF_CONFIGS = {
+    "llama": transformers.LlamaConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64),
+    "gpt2": transformers.GPT2Config(vocab_size=128, n_embd=64, n_layer=2, n_head=4,
+                                    n_positions=64),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(HF_CONFIGS))
+def models(request, tmp_path_factory):
+    directory = tmp_path_factory.mktemp(request.param)
+    torch.manual_seed(0)
+    theirs = transformers.AutoModelForCausalLM.from_config(HF_CONFIGS[request.param])
+    theirs.save_pretrained(directory)
+    return theirs.eval(), Sampler(*hf.load_hf(directory))
+
+
+def test_greedy_generation_equals_transformers_for_left_padded_prompts(models):
+    theirs, sampler = models
+    new_tokens = 12
+    ours = sampler.generate(PROMPTS, SamplingConfig(max_new_tokens=new_tokens))
+    width = max(map(len, PROMPTS))
+    input_ids = torch.tensor([[0] * (width - len(p)) + p for p in PROMPTS])
+    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in PROMPTS])
+    with torch.no_grad():
+        out = theirs.generate(input_ids, attention_mask=attention_mask, do_sample=False,
+                              max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                              pad_token_id=0, eos_token_id=None)
+    assert ours == out[:, width:].tolist()
+
+
+def test_cached_decoding_equals_uncached_argmax_at_every_step(models):
+    _, sampler = models
+    prompt = PROMPTS[0]
+    generated = sampler.generate([prompt], SamplingConfig(max_new_tokens=8))[0]
+    sequence = prompt + generated
+    tokens = np.asarray([sequence[:-1]], np.int32)
+    from lmlib.inference import LoadedModel
+
+    logits = LoadedModel(sampler.config, sampler.params).logits(tokens)[0]
+    expected = logits[len(prompt) - 1:].argmax(-1).tolist()
+    assert generated == expected
+
+
+def test_sampling_respects_eos_top_k_and_is_seeded(models):
+    _, sampler = models
+    sampling = SamplingConfig(max_new_tokens=10, temperature=1.0, top_k=5, seed=3)
+    first = sampler.generate(PROMPTS, sampling)
+    assert first == sampler.generate(PROMPTS, sampling)  # same seed, same tokens
+    assert all(0 <= t < sampler.config.vocab_size for row in first for t in row)
+    eos = first[0][2]
+    stopped = sampler.generate(PROMPTS, SamplingConfig(
+        max_new_tokens=10, temperature=1.0, top_k=5, seed=3, eos_id=eos))
+    assert stopped[0] == first[0][:first[0].index(eos) + 1]
