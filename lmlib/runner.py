@@ -72,6 +72,9 @@ def hf_export_hook(trainer: Trainer, root: Path):
 def train(config: ExperimentConfig, workdir: str | None) -> None:
     _save_config(config, workdir)
     trainer = Trainer(config, workdir)
+    proto = getattr(trainer.data.tokenizer, "model_proto", None)
+    if workdir and proto and jax.process_index() == 0:  # the run's outputs decode on their own
+        (Path(workdir) / "tokenizer.model").write_bytes(proto)
     export = config.trainer.hf_export
     if export.every_steps:
         if importlib.util.find_spec("transformers") is None:

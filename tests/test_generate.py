@@ -65,3 +65,29 @@ def test_sampling_respects_eos_top_k_and_is_seeded(models):
     stopped = sampler.generate(PROMPTS, SamplingConfig(
         max_new_tokens=10, temperature=1.0, top_k=5, seed=3, eos_id=eos))
     assert stopped[0] == first[0][:first[0].index(eos) + 1]
+
+
+def test_generate_tool_samples_a_trained_demo_run(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO, TINY_RUN, run_cli
+    from lmlib.data.tokenizer import load_tokenizer
+    from lmlib.train.checkpoint import load_params
+
+    run_cli(*TINY_RUN, "--set=trainer.num_train_steps=3", f"--workdir={tmp_path}")
+    tokenizer = load_tokenizer(tmp_path / "tokenizer.model")
+    sampler = Sampler(*load_params(tmp_path))
+    prompt = [tokenizer.bos_id, *tokenizer.encode("def read(path):\n")]
+    completion = sampler.generate([prompt], SamplingConfig(
+        max_new_tokens=20, temperature=1.0, seed=1))[0]
+    assert len(completion) == 20 and all(0 <= t < tokenizer.vocab_size for t in completion)
+    assert isinstance(tokenizer.decode(completion), str)
+
+    result = subprocess.run(
+        [sys.executable, "tools/generate.py", f"--checkpoint={tmp_path}",
+         "--prompt=def read(path):", "--max_new_tokens=8"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("def read(path):")
+    assert len(result.stdout) > len("def read(path):\n")  # the completion was printed

@@ -141,7 +141,7 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any],
 
 def step_directory(path: str | Path) -> tuple[Path, int]:
     """A step directory, or a checkpoints/ directory (its newest step) -> (checkpoints dir, step)."""
-    path = Path(path)
+    path = Path(path).absolute()  # Orbax's array store refuses relative paths
     if not path.exists():
         raise ConfigError(f"trainer.checkpoint.load_from: no such checkpoint: {path}")
     if path.name.isdigit() and (path / "state").exists():
