@@ -54,11 +54,11 @@ class Sampler:
         self.config = config
         self.dtype = dtype
         self.graphdef, _ = nnx.split(nnx.eval_shape(lambda: config.make(nnx.Rngs(0))))
-        self.params = jax.tree.map(lambda p: jnp.asarray(p, dtype), params)
+        self.params = params  # may be replaced, e.g. by the training loop's current params
         self._forward = jax.jit(self._forward_impl, donate_argnums=(4,))
 
     def _forward_impl(self, params, tokens_bt, positions_bt, mask_b1ts, kv_cache, cache_index):
-        model = nnx.merge(self.graphdef, params)
+        model = nnx.merge(self.graphdef, jax.tree.map(lambda p: p.astype(self.dtype), params))
         hidden_btd, kv_cache = model.forward(tokens_bt, positions_bt, mask_b1ts, kv_cache,
                                              cache_index)
         return model.logits(hidden_btd[:, -1:])[:, 0].astype(jnp.float32), kv_cache

@@ -13,6 +13,7 @@ import jax
 from lmlib import experiment, hf
 from lmlib.errors import ConfigError
 from lmlib.experiment import ExperimentConfig
+from lmlib.generate import Sampler, SamplingConfig
 from lmlib.models import num_params
 from lmlib.train.loop import Trainer
 
@@ -69,6 +70,25 @@ def hf_export_hook(trainer: Trainer, root: Path):
     return write
 
 
+def samples_hook(trainer: Trainer):
+    """A hook that samples the configured prompts from the current parameters."""
+    samples = trainer.config.trainer.samples
+    tokenizer = trainer.data.tokenizer
+    sampling = SamplingConfig(max_new_tokens=samples.max_new_tokens,
+                              temperature=samples.temperature, eos_id=tokenizer.eos_id)
+    prompts = samples.prompt_list
+    encoded = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts]
+    sampler = Sampler(trainer.config.model, params=None)
+
+    def sample(step: int, state) -> None:
+        sampler.params = state.params
+        completions = sampler.generate(encoded, sampling)
+        trainer.logger.samples(step, [{"prompt": p, "completion": tokenizer.decode(c)}
+                                      for p, c in zip(prompts, completions)])
+
+    return sample
+
+
 def train(config: ExperimentConfig, workdir: str | None) -> None:
     _save_config(config, workdir)
     trainer = Trainer(config, workdir)
@@ -84,6 +104,8 @@ def train(config: ExperimentConfig, workdir: str | None) -> None:
             raise ConfigError("trainer.hf_export needs trainer.hf_export.path or --workdir")
         root = Path(export.path or Path(workdir) / "hf")
         trainer.add_hook(hf_export_hook(trainer, root), export.every_steps)
+    if config.trainer.samples.every_steps:
+        trainer.add_hook(samples_hook(trainer), config.trainer.samples.every_steps)
     print(f"{config.name}: {num_params(config.model):,} parameters on "
           f"{jax.device_count()} {jax.devices()[0].platform} device(s)", flush=True)
     trainer.train()

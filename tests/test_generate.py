@@ -1,7 +1,10 @@
 """Sampling: greedy decoding with the KV cache equals transformers' and an uncached argmax."""
 
+import json
+
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 import torch
 import transformers
 
@@ -75,7 +78,16 @@ def test_generate_tool_samples_a_trained_demo_run(tmp_path):
     from lmlib.data.tokenizer import load_tokenizer
     from lmlib.train.checkpoint import load_params
 
-    run_cli(*TINY_RUN, "--set=trainer.num_train_steps=3", f"--workdir={tmp_path}")
+    out = run_cli(*TINY_RUN, "--set=trainer.num_train_steps=3", f"--workdir={tmp_path}",
+                  "--set=trainer.samples.every_steps=3", "--set=trainer.samples.prompts=def |x =",
+                  "--set=trainer.samples.max_new_tokens=4").stdout
+    # Samples during training: console, samples.jsonl and TensorBoard's text tab.
+    assert "sample 1 at step 3: 'x =" in out
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert [(s["step"], s["prompt"]) for s in samples] == [(3, "def "), (3, "x =")]
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    assert {"samples/0", "samples/1"} <= set(events.Tags()["tensors"])
     tokenizer = load_tokenizer(tmp_path / "tokenizer.model")
     sampler = Sampler(*load_params(tmp_path))
     prompt = [tokenizer.bos_id, *tokenizer.encode("def read(path):\n")]

@@ -40,6 +40,18 @@ class HFExportConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SamplesConfig:
+    every_steps: int = 0  # sample completions every N steps and at the end; 0 = never
+    prompts: str = "def |class |import "  # prompts separated by '|' (one string, for --set)
+    max_new_tokens: int = 48
+    temperature: float = 0.0  # 0 = greedy
+
+    @property
+    def prompt_list(self) -> list[str]:
+        return [p for p in self.prompts.split("|") if p]
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainerConfig:
     num_train_steps: int = 1000
     batch_size: int = 32  # global, in sequences of model.seq_len tokens
@@ -54,6 +66,7 @@ class TrainerConfig:
     mesh: MeshConfig = MeshConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     hf_export: HFExportConfig = HFExportConfig()
+    samples: SamplesConfig = SamplesConfig()
 
     def __post_init__(self):
         for name in ("num_train_steps", "batch_size", "log_every", "eval_every"):
@@ -262,7 +275,7 @@ class Trainer:
         first_step = int(state.step)
         saved_config = ckpt.config_json(self.config)
         model_type = type(self.config.model).__name__
-        logger = MetricsLogger(self.workdir, total, resume_step=first_step)
+        logger = self.logger = MetricsLogger(self.workdir, total, resume_step=first_step)
         last_log_time, last_log_step = time.monotonic(), first_step
         try:
             with Preemption() as preemption:

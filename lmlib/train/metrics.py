@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 import jax
-from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.compat.proto import (event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2,
+                                      types_pb2)
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 # Dense bf16 peak FLOP/s per device, from the vendors' data sheets (no sparsity).
@@ -75,6 +76,17 @@ class TensorBoardWriter:
             summary_pb2.Summary.Value(tag=tag, simple_value=float(v)) for tag, v in values.items()])
         self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
 
+    def text(self, step: int, tag: str, text: str) -> None:
+        """A string shown under TensorBoard's Text tab."""
+        metadata = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="text"))
+        tensor = tensor_pb2.TensorProto(
+            dtype=types_pb2.DT_STRING, string_val=[text.encode()],
+            tensor_shape=tensor_shape_pb2.TensorShapeProto())
+        summary = summary_pb2.Summary(value=[
+            summary_pb2.Summary.Value(tag=tag, metadata=metadata, tensor=tensor)])
+        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+
     def restart(self, step: int) -> None:
         """TensorBoard drops the events at and after `step` written by an interrupted run."""
         self._writer.add_event(event_pb2.Event(
@@ -99,7 +111,7 @@ class MetricsLogger:
         interrupted run is dropped, so the logs hold each step once."""
         self.num_train_steps = num_train_steps
         self.active = jax.process_index() == 0
-        self._jsonl = self._tensorboard = None
+        self._jsonl = self._tensorboard = self._samples = None
         if workdir and self.active:
             workdir = Path(workdir)
             workdir.mkdir(parents=True, exist_ok=True)
@@ -109,6 +121,7 @@ class MetricsLogger:
                         if line.strip() and json.loads(line)["step"] <= resume_step]
                 path.write_text("".join(line + "\n" for line in kept))
             self._jsonl = open(path, "a")
+            self._samples = open(workdir / "samples.jsonl", "a")
             self._tensorboard = TensorBoardWriter(workdir / "tensorboard")
             if resume_step:
                 self._tensorboard.restart(resume_step + 1)
@@ -123,6 +136,22 @@ class MetricsLogger:
             self._tensorboard.scalars(step, metrics)
             self._tensorboard.flush()
         print(self.console_line(step, metrics), flush=True)
+
+    def samples(self, step: int, samples: list[dict[str, str]]) -> None:
+        """Prompt/completion pairs to the console, workdir/samples.jsonl and TensorBoard."""
+        if not self.active:
+            return
+        for i, sample in enumerate(samples):
+            print(f"sample {i} at step {step}: {sample['prompt'] + sample['completion']!r}",
+                  flush=True)  # repr: one line per sample however many newlines it holds
+            if self._samples:
+                self._samples.write(json.dumps({"step": step, **sample}) + "\n")
+            if self._tensorboard:
+                self._tensorboard.text(step, f"samples/{i}",
+                                       f"{sample['prompt']}{sample['completion']}")
+        if self._samples:
+            self._samples.flush()
+            self._tensorboard.flush()
 
     def console_line(self, step: int, m: dict[str, float]) -> str:
         parts = [f"step {step:>{len(str(self.num_train_steps))}}/{self.num_train_steps}"]
@@ -141,5 +170,6 @@ class MetricsLogger:
     def close(self) -> None:
         if self._jsonl:
             self._jsonl.close()
+            self._samples.close()
         if self._tensorboard:
             self._tensorboard.close()
