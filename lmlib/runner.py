@@ -114,8 +114,8 @@ def train(config: ExperimentConfig, workdir: str | None) -> None:
 def evaluate(config: ExperimentConfig, workdir: str | None) -> dict[str, float]:
     trainer = Trainer(config, workdir)
     metrics = trainer.evaluate(trainer.eval_params())
-    print(f"eval loss {metrics['eval/loss']:.4f} | perplexity {metrics['eval/perplexity']:.2f}",
-          flush=True)
+    print(f"eval loss {metrics['eval/loss']:.4f} | perplexity {metrics['eval/perplexity']:.2f} "
+          f"| bits per byte {metrics['eval/bits_per_byte']:.4f}", flush=True)
     return metrics
 
 

@@ -1,5 +1,7 @@
 """The newcomer's first command, shortened: the demo learns, and its logs land where promised."""
 
+import math
+
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -14,6 +16,9 @@ def test_demo_trains_to_a_lower_eval_loss_and_writes_its_logs(tmp_path):
     final_eval = metrics[-1]["eval/loss"]
     assert metrics[0]["step"] == 1 and metrics[-1]["step"] == 60
     assert final_eval < first_loss - 2.0, (first_loss, final_eval)
+    # Bits per byte = nats per token / ln 2 / bytes per token; this BPE packs ~3 bytes a token.
+    tokens_per_byte = metrics[-1]["eval/bits_per_byte"] * math.log(2) / final_eval
+    assert 1 / 4.5 < tokens_per_byte < 1 / 2.0
 
     # One compact console line per log interval: step, loss, tokens/s, MFU, ETA.
     line = next(l for l in out.splitlines() if l.startswith("step 10/60"))

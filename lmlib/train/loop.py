@@ -152,6 +152,7 @@ class Trainer:
         self.peak_flops = peak * jax.device_count()
         self.hooks: list[Hook] = []
         self._eval_batches: list[dict] | None = None
+        self._eval_bytes = 0
 
     # ------------------------------------------------------------------ building blocks
 
@@ -196,13 +197,26 @@ class Trainer:
             if not self._eval_batches:
                 raise ConfigError("the eval split is smaller than one batch; lower "
                                   "trainer.batch_size or model.seq_len")
+            self._eval_bytes = sum(self._target_bytes(b) for b in self._eval_batches)
         loss_sum = weight_sum = 0.0
         with jax.set_mesh(self.mesh):
             for batch in self._eval_batches:
                 loss, weight = self._eval_step(params, self.global_batch(batch))
                 loss_sum, weight_sum = loss_sum + float(loss), weight_sum + float(weight)
         loss = loss_sum / weight_sum
-        return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 700.0))}
+        return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 700.0)),
+                # Comparable across tokenizers: total nats over the UTF-8 bytes they encode.
+                "eval/bits_per_byte": loss_sum / (self._eval_bytes * math.log(2))}
+
+    def _target_bytes(self, batch: dict[str, np.ndarray]) -> int:
+        """UTF-8 bytes of the text the weighted targets spell, document by document."""
+        total = 0
+        for targets, weights, segments in zip(batch["targets"], batch["weights"],
+                                              batch["segment_ids"]):
+            for segment in np.unique(segments[weights > 0]):
+                ids = targets[(segments == segment) & (weights > 0)]
+                total += len(self.data.tokenizer.decode(ids).encode())
+        return total
 
     # ------------------------------------------------------------------ state
 
@@ -252,8 +266,10 @@ class Trainer:
             load_from = self.checkpoint_dir
         if load_from:
             return self.load_params(load_from)
+        if self.config.init_from:
+            return self.load_hf_params(self.config.init_from)
         print("no checkpoint to evaluate (no trainer.checkpoint.load_from, no checkpoints in "
-              "the workdir): evaluating the freshly initialised model", flush=True)
+              "the workdir, no init_from): evaluating the freshly initialised model", flush=True)
         return init_state(self.layout).params
 
     @property
