@@ -10,7 +10,7 @@ from pathlib import Path
 
 import jax
 
-from lmlib import experiment, hf
+from lmlib import experiment, hf, multiple_choice
 from lmlib.errors import ConfigError
 from lmlib.experiment import ExperimentConfig
 from lmlib.generate import Sampler, SamplingConfig
@@ -89,6 +89,17 @@ def samples_hook(trainer: Trainer):
     return sample
 
 
+def multiple_choice_metrics(trainer: Trainer, params) -> dict[str, float]:
+    """lm-eval-style accuracy on each configured task: {"mc/<task>/acc": ..., ...}."""
+    loglik = multiple_choice.make_loglik_fn(trainer.layout.graphdef, params)
+    metrics = {}
+    for path in trainer.config.trainer.multiple_choice.task_list:
+        questions = multiple_choice.read_task(path)
+        result = multiple_choice.evaluate_task(questions, trainer.data.tokenizer, loglik)
+        metrics.update({f"mc/{Path(path).stem}/{k}": v for k, v in result.items()})
+    return metrics
+
+
 def train(config: ExperimentConfig, workdir: str | None) -> None:
     _save_config(config, workdir)
     trainer = Trainer(config, workdir)
@@ -104,6 +115,9 @@ def train(config: ExperimentConfig, workdir: str | None) -> None:
             raise ConfigError("trainer.hf_export needs trainer.hf_export.path or --workdir")
         root = Path(export.path or Path(workdir) / "hf")
         trainer.add_hook(hf_export_hook(trainer, root), export.every_steps)
+    if config.trainer.multiple_choice.every_steps:
+        trainer.add_hook(lambda step, state: multiple_choice_metrics(trainer, state.params),
+                         config.trainer.multiple_choice.every_steps)
     if config.trainer.samples.every_steps:
         trainer.add_hook(samples_hook(trainer), config.trainer.samples.every_steps)
     print(f"{config.name}: {num_params(config.model):,} parameters on "
@@ -113,10 +127,14 @@ def train(config: ExperimentConfig, workdir: str | None) -> None:
 
 def evaluate(config: ExperimentConfig, workdir: str | None) -> dict[str, float]:
     trainer = Trainer(config, workdir)
-    metrics = trainer.evaluate(trainer.eval_params())
+    params = trainer.eval_params()
+    metrics = trainer.evaluate(params)
     print(f"eval loss {metrics['eval/loss']:.4f} | perplexity {metrics['eval/perplexity']:.2f} "
           f"| bits per byte {metrics['eval/bits_per_byte']:.4f}", flush=True)
-    return metrics
+    choices = multiple_choice_metrics(trainer, params)
+    for name, value in choices.items():
+        print(f"{name} {value:.4f}", flush=True)
+    return {**metrics, **choices}
 
 
 def dry_run(config: ExperimentConfig) -> None:

@@ -52,6 +52,16 @@ class SamplesConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MultipleChoiceConfig:
+    tasks: str = ""  # comma-separated JSONL task files (lmlib.multiple_choice), scored in eval
+    every_steps: int = 0  # also during training, every N steps and at the end; 0 = never
+
+    @property
+    def task_list(self) -> list[str]:
+        return [t.strip() for t in self.tasks.split(",") if t.strip()]
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainerConfig:
     num_train_steps: int = 1000
     batch_size: int = 32  # global, in sequences of model.seq_len tokens
@@ -67,6 +77,7 @@ class TrainerConfig:
     checkpoint: CheckpointConfig = CheckpointConfig()
     hf_export: HFExportConfig = HFExportConfig()
     samples: SamplesConfig = SamplesConfig()
+    multiple_choice: MultipleChoiceConfig = MultipleChoiceConfig()
 
     def __post_init__(self):
         for name in ("num_train_steps", "batch_size", "log_every", "eval_every"):
