@@ -441,6 +441,21 @@ def tokenizer_file(hf_dir: str | Path) -> Path | None:
     return None
 
 
+def resize_vocab(params: Params, vocab_size: int) -> Params:
+    """Grows the embedding (and an untied head) to `vocab_size` entries for added tokens (a pad
+    token for SFT), each new row the mean of the old ones: new tokens start as an average token
+    rather than noise, so the first steps' outputs stay close to the checkpoint's."""
+    def grow(table: np.ndarray, axis: int) -> np.ndarray:
+        extra = vocab_size - table.shape[axis]
+        mean = table.mean(axis=axis, keepdims=True)
+        return np.concatenate([table, np.repeat(mean, extra, axis=axis)], axis=axis)
+
+    params = {**params, "embed": {"table": grow(np.asarray(params["embed"]["table"]), 0)}}
+    if "head" in params:
+        params["head"] = grow(np.asarray(params["head"]), 1)
+    return params
+
+
 def read_hf_config(hf_dir: str | Path) -> dict[str, Any]:
     path = Path(hf_dir) / "config.json"
     if not path.exists():

@@ -71,3 +71,18 @@ def test_continued_pretraining_starts_at_transformers_loss_and_exports(hf_dir, t
     text = "def f(x):\n    return x\n"
     assert tokenizer.encode(text, add_special_tokens=False) == \
         trainer.data.tokenizer.encode(text)
+
+
+def test_a_larger_vocabulary_grows_the_embedding_with_the_mean_row(hf_dir):
+    config = experiment.resolve("ContinuePretraining", [f"init_from={hf_dir}",
+                                                        "model.vocab_size=4098"])
+    params = Trainer(config).load_hf_params(str(hf_dir))
+    _, original = hf.load_hf(hf_dir)
+    for name, axis in (("embed", 0), ("head", 1)):
+        grown = np.asarray(params["embed"]["table"] if name == "embed" else params["head"])
+        old = original["embed"]["table"] if name == "embed" else original["head"]
+        assert grown.shape[axis] == 4098
+        np.testing.assert_array_equal(np.take(grown, range(4096), axis=axis), old)
+        np.testing.assert_allclose(np.take(grown, [4096, 4097], axis=axis),
+                                   np.repeat(old.mean(axis=axis, keepdims=True), 2, axis=axis),
+                                   rtol=1e-6)

@@ -259,7 +259,11 @@ class Trainer:
     def load_hf_params(self, path: str):
         """A Hugging Face checkpoint's weights, converted tensor by tensor and placed sharded."""
         print(f"loading Hugging Face weights from {path}", flush=True)
-        _, params = hf.load_hf(hf.resolve_hf_dir(path), progress=True)
+        saved, params = hf.load_hf(hf.resolve_hf_dir(path), progress=True)
+        if self.config.model.vocab_size > saved.vocab_size:
+            print(f"resizing the vocabulary from {saved.vocab_size} to "
+                  f"{self.config.model.vocab_size} (new rows: the mean embedding)", flush=True)
+            params = hf.resize_vocab(params, self.config.model.vocab_size)
         expected = abstract_state(self.layout).params
         mismatched = [
             f"{'.'.join(str(k.key) for k in key)} {p.shape} vs {e.shape}"
