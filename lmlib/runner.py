@@ -16,6 +16,7 @@ from lmlib.experiment import ExperimentConfig
 from lmlib.generate import Sampler, SamplingConfig
 from lmlib.models import num_params
 from lmlib.train.loop import Trainer
+from lmlib.train.metrics import MetricsLogger
 
 
 def list_experiments() -> str:
@@ -82,7 +83,8 @@ def samples_hook(trainer: Trainer):
 
     def sample(step: int, state) -> None:
         sampler.params = state.params
-        completions = sampler.generate(encoded, sampling)
+        with jax.set_mesh(trainer.mesh):  # sample on the training mesh, params where they are
+            completions = sampler.generate(encoded, sampling)
         trainer.logger.samples(step, [{"prompt": p, "completion": tokenizer.decode(c)}
                                       for p, c in zip(prompts, completions)])
 
@@ -127,14 +129,18 @@ def train(config: ExperimentConfig, workdir: str | None) -> None:
 
 def evaluate(config: ExperimentConfig, workdir: str | None) -> dict[str, float]:
     trainer = Trainer(config, workdir)
-    params = trainer.eval_params()
-    metrics = trainer.evaluate(params)
+    params, step = trainer.eval_params()
+    metrics = {**trainer.evaluate(params), **multiple_choice_metrics(trainer, params)}
     print(f"eval loss {metrics['eval/loss']:.4f} | perplexity {metrics['eval/perplexity']:.2f} "
           f"| bits per byte {metrics['eval/bits_per_byte']:.4f}", flush=True)
-    choices = multiple_choice_metrics(trainer, params)
-    for name, value in choices.items():
-        print(f"{name} {value:.4f}", flush=True)
-    return {**metrics, **choices}
+    for name, value in metrics.items():
+        if name.startswith("mc/"):
+            print(f"{name} {value:.4f}", flush=True)
+    # Also into the run's metrics.jsonl and TensorBoard, at the evaluated step.
+    logger = MetricsLogger(workdir, config.trainer.num_train_steps, resume_step=None)
+    logger.write(step, metrics)
+    logger.close()
+    return metrics
 
 
 def dry_run(config: ExperimentConfig) -> None:

@@ -103,3 +103,15 @@ def test_generate_tool_samples_a_trained_demo_run(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("def read(path):")
     assert len(result.stdout) > len("def read(path):\n")  # the completion was printed
+
+
+def test_samples_on_a_sharded_mesh_equal_those_on_one_device(tmp_path):
+    from conftest import TINY_RUN, run_cli
+
+    args = [*TINY_RUN, "--set=trainer.num_train_steps=2", "--set=trainer.samples.every_steps=2",
+            "--set=trainer.samples.max_new_tokens=6"]
+    run_cli(*args, f"--workdir={tmp_path / 'one'}")
+    run_cli(*args, "--set=trainer.mesh.data=2", "--set=trainer.mesh.fsdp=2",
+            "--set=trainer.mesh.tensor=2", f"--workdir={tmp_path / 'eight'}", devices=8)
+    one, eight = ((tmp_path / d / "samples.jsonl").read_text() for d in ("one", "eight"))
+    assert one == eight and one.count("\n") == 3  # the three default prompts

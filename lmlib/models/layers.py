@@ -188,8 +188,11 @@ class Attention(nnx.Module):
         k_btkh = constrain(k_btkh, ("act_batch", "act_length", "act_kv_heads", "act_head_dim"))
         if kv_cache is not None:
             start = (0, cache_index, 0, 0)
-            kv_cache = tuple(jax.lax.dynamic_update_slice(cache, new.astype(cache.dtype), start)
-                             for cache, new in zip(kv_cache, (k_btkh, v_btkh)))
+            # The cache lives sharded like the keys: over the batch and the kv heads.
+            kv_cache = tuple(
+                constrain(jax.lax.dynamic_update_slice(cache, new.astype(cache.dtype), start),
+                          ("act_batch", "act_length", "act_kv_heads", "act_head_dim"))
+                for cache, new in zip(kv_cache, (k_btkh, v_btkh)))
             k_btkh, v_btkh = kv_cache
         out_btnh = dot_product_attention(q_btnh, k_btkh, v_btkh, mask_b1ts, self.implementation)
         out_btd = jnp.einsum("BTNH,NHD->BTD", out_btnh, self.o[...])

@@ -274,18 +274,19 @@ class Trainer:
                               f"the model config's: {', '.join(mismatched)}")
         return jax.device_put(params, self.layout.shardings.params)
 
-    def eval_params(self):
-        """What --mode=eval evaluates: load_from, else the workdir's newest checkpoint."""
+    def eval_params(self) -> tuple[dict, int]:
+        """(params, their training step) for --mode=eval: load_from, else the workdir's newest
+        checkpoint, else init_from's Hugging Face weights."""
         load_from = self.config.trainer.checkpoint.load_from
         if not load_from and self.workdir and Checkpointer.exists(self.checkpoint_dir):
             load_from = self.checkpoint_dir
         if load_from:
-            return self.load_params(load_from)
+            return self.load_params(load_from), ckpt.read_meta(load_from)["step"]
         if self.config.init_from:
-            return self.load_hf_params(self.config.init_from)
+            return self.load_hf_params(self.config.init_from), 0
         print("no checkpoint to evaluate (no trainer.checkpoint.load_from, no checkpoints in "
               "the workdir, no init_from): evaluating the freshly initialised model", flush=True)
-        return init_state(self.layout).params
+        return init_state(self.layout).params, 0
 
     @property
     def checkpoint_dir(self) -> Path:

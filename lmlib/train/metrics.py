@@ -106,9 +106,10 @@ class MetricsLogger:
     Only process 0 writes, so a multi-host run logs once.
     """
 
-    def __init__(self, workdir: str | Path | None, num_train_steps: int, resume_step: int = 0):
+    def __init__(self, workdir: str | Path | None, num_train_steps: int,
+                 resume_step: int | None = 0):
         """`resume_step`: the step the run continues from; anything logged after it by the
-        interrupted run is dropped, so the logs hold each step once."""
+        interrupted run is dropped, so the logs hold each step once. None appends (eval)."""
         self.num_train_steps = num_train_steps
         self.active = jax.process_index() == 0
         self._jsonl = self._tensorboard = self._samples = None
@@ -116,7 +117,7 @@ class MetricsLogger:
             workdir = Path(workdir)
             workdir.mkdir(parents=True, exist_ok=True)
             path = workdir / "metrics.jsonl"
-            if path.exists():
+            if path.exists() and resume_step is not None:
                 kept = [line for line in path.read_text().splitlines()
                         if line.strip() and json.loads(line)["step"] <= resume_step]
                 path.write_text("".join(line + "\n" for line in kept))

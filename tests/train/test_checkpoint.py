@@ -81,6 +81,8 @@ def test_checkpoint_from_8_devices_restores_on_1_with_the_same_eval_loss(tmp_pat
     evaluated = run_cli(*CHECKPOINTED, f"--workdir={tmp_path}", "--mode=eval").stdout
     loss = float(evaluated.split("eval loss ")[1].split()[0])
     assert loss == pytest.approx(logged, rel=1e-5)
+    evaluation = read_metrics(tmp_path)[-1]  # --mode=eval logs at the checkpoint's step
+    assert evaluation["step"] == 3 and evaluation["eval/loss"] == pytest.approx(loss, rel=1e-4)
 
     model = lmlib.load_model(tmp_path)
     assert model.config.num_layers == 2
