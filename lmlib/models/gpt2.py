@@ -70,7 +70,7 @@ class Gpt2Config:
         return layers.flops_per_token(matmul_params, self.num_layers, d, self.seq_len)
 
 
-class Gpt2(nnx.Module):
+class Gpt2(layers.DecoderLM):
     def __init__(self, config: Gpt2Config, rngs: nnx.Rngs):
         c = config
         self.config = c
@@ -94,15 +94,9 @@ class Gpt2(nnx.Module):
         self.layers = layers.ScannedBlocks(make_block, c.num_layers, c.remat, rngs)
         self.final_norm = layers.LayerNorm(d, c.norm_eps, rngs)
 
-    def __call__(self, tokens_bt: jax.Array, positions_bt: jax.Array,
-                 segment_ids_bt: jax.Array) -> jax.Array:
-        """Final hidden states (B, T, D) of packed rows; `logits` maps them to the vocabulary."""
-        return self.forward(tokens_bt, positions_bt, layers.attention_mask(segment_ids_bt))[0]
-
     def forward(self, tokens_bt: jax.Array, positions_bt: jax.Array, mask_b1ts: jax.Array,
                 kv_cache: layers.KVCache | None = None, cache_index: jax.Array | None = None
                 ) -> tuple[jax.Array, layers.KVCache | None]:
-        """(hidden states, updated cache) for any attention mask; lmlib.generate decodes with it."""
         x_btd = self.embed(tokens_bt) + jnp.take(self.position_embed[...], positions_bt, axis=0)
         x_btd = constrain(x_btd, ("act_batch", "act_length", "act_embed"))
         x_btd, kv_cache = self.layers(x_btd, positions_bt, mask_b1ts, kv_cache, cache_index)

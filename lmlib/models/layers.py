@@ -300,6 +300,25 @@ class ScannedBlocks(nnx.Module):
             x_btd, self.blocks, kv_cache)
 
 
+class DecoderLM(nnx.Module):
+    """What every model family shares: `forward` over an attention mask (with an optional KV
+    cache) and `logits`; calling the model runs packed training rows."""
+
+    def __call__(self, tokens_bt: jax.Array, positions_bt: jax.Array,
+                 segment_ids_bt: jax.Array) -> jax.Array:
+        """Final hidden states (B, T, D) of packed rows; `logits` maps them to the vocabulary."""
+        return self.forward(tokens_bt, positions_bt, attention_mask(segment_ids_bt))[0]
+
+    def forward(self, tokens_bt: jax.Array, positions_bt: jax.Array, mask_b1ts: jax.Array,
+                kv_cache: KVCache | None = None, cache_index: jax.Array | None = None
+                ) -> tuple[jax.Array, KVCache | None]:
+        """(hidden states, updated cache) for any attention mask; lmlib.generate decodes with it."""
+        raise NotImplementedError
+
+    def logits(self, hidden_btd: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+
 def flops_per_token(matmul_params: int, num_layers: int, attention_dim: int,
                     seq_len: int) -> int:
     """Training FLOPs per token: 6 per matmul parameter plus attention scores and values

@@ -105,7 +105,7 @@ class LlamaConfig:
                                       self.seq_len)
 
 
-class Llama(nnx.Module):
+class Llama(layers.DecoderLM):
     def __init__(self, config: LlamaConfig, rngs: nnx.Rngs):
         c = config
         self.config = c
@@ -127,15 +127,9 @@ class Llama(nnx.Module):
         if not c.tie_embeddings:
             self.head = layers.param(rngs, init, (c.hidden_dim, c.vocab_size), ("embed", "vocab"))
 
-    def __call__(self, tokens_bt: jax.Array, positions_bt: jax.Array,
-                 segment_ids_bt: jax.Array) -> jax.Array:
-        """Final hidden states (B, T, D) of packed rows; `logits` maps them to the vocabulary."""
-        return self.forward(tokens_bt, positions_bt, layers.attention_mask(segment_ids_bt))[0]
-
     def forward(self, tokens_bt: jax.Array, positions_bt: jax.Array, mask_b1ts: jax.Array,
                 kv_cache: layers.KVCache | None = None, cache_index: jax.Array | None = None
                 ) -> tuple[jax.Array, layers.KVCache | None]:
-        """(hidden states, updated cache) for any attention mask; lmlib.generate decodes with it."""
         x_btd = constrain(self.embed(tokens_bt), ("act_batch", "act_length", "act_embed"))
         x_btd, kv_cache = self.layers(x_btd, positions_bt, mask_b1ts, kv_cache, cache_index)
         return self.final_norm(x_btd), kv_cache
