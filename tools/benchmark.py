@@ -4,7 +4,8 @@
     python tools/benchmark.py --model=llama_1b --batch_size=8 --framework=lmlib
 
 Both sides train the same Llama (lmlib.hf maps the config) with AdamW on random tokens of the
-same batch and sequence length, bf16 compute over float32 weights (torch: autocast), and
+same batch and sequence length, bf16 compute over float32 weights (torch: autocast; --precision
+f32 for float32 compute on both sides), and
 report tokens/s, step time, MFU (model FLOPs including attention, lmlib's formula for both)
 and peak memory (device memory on an accelerator, process RSS on a CPU). The data pipeline is
 left out on purpose: this measures the step.
@@ -41,7 +42,8 @@ def report(framework: str, config: LlamaConfig, batch_size: int, step_seconds: l
     return result
 
 
-def bench_lmlib(config: LlamaConfig, batch_size: int, steps: int, warmup: int) -> dict:
+def bench_lmlib(config: LlamaConfig, batch_size: int, steps: int, warmup: int,
+                bf16: bool) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -57,7 +59,8 @@ def bench_lmlib(config: LlamaConfig, batch_size: int, steps: int, warmup: int) -
     layout = state_layout(config, optimizer, mesh, seed=0)
     step_fn = jax.jit(
         make_train_step(layout.graphdef, optimizer, adamw.schedule(steps + warmup),
-                        StepConfig(jnp.bfloat16, num_microbatches=1, loss_chunk_len=512)),
+                        StepConfig(jnp.bfloat16 if bf16 else jnp.float32, num_microbatches=1,
+                                   loss_chunk_len=512)),
         in_shardings=(layout.shardings, batch_sharding(mesh)),
         out_shardings=(layout.shardings, None), donate_argnums=0)
     shape = (batch_size, config.seq_len)
@@ -83,7 +86,8 @@ def bench_lmlib(config: LlamaConfig, batch_size: int, steps: int, warmup: int) -
                   peak_flops_per_device() * jax.device_count(), memory)
 
 
-def bench_torch(config: LlamaConfig, batch_size: int, steps: int, warmup: int) -> dict:
+def bench_torch(config: LlamaConfig, batch_size: int, steps: int, warmup: int,
+                bf16: bool) -> dict:
     import torch
     import transformers
 
@@ -101,7 +105,7 @@ def bench_torch(config: LlamaConfig, batch_size: int, steps: int, warmup: int) -
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()
-        with torch.autocast(device, dtype=torch.bfloat16):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             loss = model(input_ids=tokens, labels=tokens).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -131,6 +135,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--framework", choices=["lmlib", "torch", "both"], default="both")
     parser.add_argument("--remat", default="", help="lmlib remat policy (none|minimal|full)")
+    parser.add_argument("--precision", choices=["bf16", "f32"], default="bf16",
+                        help="compute dtype on both sides (weights stay float32)")
     parser.add_argument("--json", default="", help="also write the results to this file")
     args = parser.parse_args()
     config = PRESETS[args.model]()
@@ -140,7 +146,8 @@ def main() -> None:
     config = LlamaConfig(**{**config.__dict__, **overrides})
     runs = {"lmlib": bench_lmlib, "torch": bench_torch}
     names = list(runs) if args.framework == "both" else [args.framework]
-    results = [runs[n](config, args.batch_size, args.steps, args.warmup) for n in names]
+    results = [runs[n](config, args.batch_size, args.steps, args.warmup, args.precision == "bf16")
+               for n in names]
     if len(results) == 2:
         ratio = results[0]["tokens_per_sec"] / results[1]["tokens_per_sec"]
         print(f"lmlib/torch tokens/s: {ratio:.2f}x", flush=True)
