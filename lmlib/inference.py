@@ -38,5 +38,5 @@ class LoadedModel:
 
 def load_model(path: str | Path) -> LoadedModel:
     """Loads a checkpoint: a step directory, a run's checkpoints/ directory (its newest step),
-    a run's workdir, or an imported Hugging Face checkpoint."""
+    a run's workdir, or an imported Hugging Face checkpoint; local or gs://bucket/..."""
     return LoadedModel(*load_params(path))

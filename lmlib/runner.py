@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import jax
+from etils import epath
 
 from lmlib import experiment, hf, multiple_choice
 from lmlib.errors import ConfigError
@@ -16,7 +17,7 @@ from lmlib.experiment import ExperimentConfig
 from lmlib.generate import Sampler, SamplingConfig
 from lmlib.models import num_params
 from lmlib.train.loop import Trainer
-from lmlib.train.metrics import MetricsLogger
+from lmlib.train.metrics import MetricsLogger, StagedDirectory
 
 
 def list_experiments() -> str:
@@ -50,23 +51,24 @@ def show(config: ExperimentConfig) -> str:
 
 def _save_config(config: ExperimentConfig, workdir: str | None) -> None:
     if workdir and jax.process_index() == 0:
-        Path(workdir).mkdir(parents=True, exist_ok=True)
-        (Path(workdir) / "config.json").write_text(
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+        (epath.Path(workdir) / "config.json").write_text(
             json.dumps(dataclasses.asdict(config), indent=1, default=str))
 
 
-def hf_export_hook(trainer: Trainer, root: Path):
+def hf_export_hook(trainer: Trainer, root: epath.Path):
     """A hook that writes the current parameters as a Hugging Face directory per step."""
     export = trainer.config.trainer.hf_export
     tokenizer = trainer.data.tokenizer
 
     def write(step: int, state) -> None:
-        out = root / f"step_{step:06d}"
-        hf.save_hf(out, trainer.config.model, jax.device_get(state.params), dtype=export.dtype,
-                   bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
+        out = StagedDirectory(root / f"step_{step:06d}")  # hf writes local files only
+        hf.save_hf(out.local, trainer.config.model, jax.device_get(state.params),
+                   dtype=export.dtype, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
         if getattr(tokenizer, "model_proto", None):
-            hf.save_hf_tokenizer(out, tokenizer.model_proto)
-        print(f"exported a Hugging Face model to {out}", flush=True)
+            hf.save_hf_tokenizer(out.local, tokenizer.model_proto)
+        out.close()
+        print(f"exported a Hugging Face model to {out.remote}", flush=True)
 
     return write
 
@@ -107,7 +109,7 @@ def train(config: ExperimentConfig, workdir: str | None) -> None:
     trainer = Trainer(config, workdir)
     proto = getattr(trainer.data.tokenizer, "model_proto", None)
     if workdir and proto and jax.process_index() == 0:  # the run's outputs decode on their own
-        (Path(workdir) / "tokenizer.model").write_bytes(proto)
+        (epath.Path(workdir) / "tokenizer.model").write_bytes(proto)
     export = config.trainer.hf_export
     if export.every_steps:
         if importlib.util.find_spec("transformers") is None:
@@ -115,7 +117,7 @@ def train(config: ExperimentConfig, workdir: str | None) -> None:
                               "pip install 'lmlib[hf]'")
         if not (export.path or workdir):
             raise ConfigError("trainer.hf_export needs trainer.hf_export.path or --workdir")
-        root = Path(export.path or Path(workdir) / "hf")
+        root = epath.Path(export.path or epath.Path(workdir) / "hf")
         trainer.add_hook(hf_export_hook(trainer, root), export.every_steps)
     if config.trainer.multiple_choice.every_steps:
         trainer.add_hook(lambda step, state: multiple_choice_metrics(trainer, state.params),

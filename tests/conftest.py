@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import fsspec
 import pytest
+from gcp_storage_emulator import server as emulator_server
+from gcp_storage_emulator.exceptions import NotFound
+from gcp_storage_emulator.handlers import objects
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,10 +27,10 @@ def lmlib_cache(tmp_path_factory) -> Path:
     return cache
 
 
-def run_cli(*args: str, devices: int = 1, check: bool = True,
-            timeout: float = 600) -> subprocess.CompletedProcess:
-    """Runs `python -m lmlib.main ARGS` with `devices` simulated CPU devices."""
-    env = dict(os.environ)
+def run_cli(*args: str, devices: int = 1, check: bool = True, timeout: float = 600,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Runs `python -m lmlib.main ARGS` with `devices` simulated CPU devices (and `env` added)."""
+    env = {**os.environ, **(env or {})}
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["JAX_PLATFORMS"] = "cpu"
     result = subprocess.run([sys.executable, "-m", "lmlib.main", *args], cwd=REPO, env=env,
@@ -47,3 +53,61 @@ def train_losses(workdir: Path) -> dict[int, float]:
 TINY_RUN = ["--exp=StdlibLlama", "--set=trainer.log_every=1", "--set=trainer.eval_every=1000",
             "--set=trainer.eval_batches=1", "--set=trainer.precision=p=f32,c=f32",
             "--set=model.seq_len=64", "--set=model.num_layers=2"]
+
+
+GCS_BUCKET = "lmlib-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _sending_generation(download):
+    """gcp-storage-emulator's object download, also sending the object's generation headers.
+
+    GCS sends x-goog-generation with an object's bytes; the emulator (2026.7.19) does not.
+    Tensorstore takes each read's generation from that header and fails with "Malformed
+    StorageGeneration" without it, and Orbax's arrays (OCDBT) read their manifest that way."""
+
+    def handler(request, response, storage, *args, **kwargs):
+        try:
+            obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+            response["x-goog-generation"] = str(obj["generation"])
+            response["x-goog-metageneration"] = str(obj["metageneration"])
+        except NotFound:
+            pass  # download answers 404
+        return download(request, response, storage, *args, **kwargs)
+
+    return handler
+
+
+@pytest.fixture
+def gcs_emulator(monkeypatch) -> Iterator[dict[str, str]]:
+    """A GCS emulator (gcp-storage-emulator's HTTP server, in memory, on loopback, served by a
+    thread of this process) holding GCS_BUCKET.
+
+    Yields the environment that points every GCS client at it, also set in this process (for
+    lmlib.load_model), for run_cli(env=...)."""
+    # What GET /storage/v1/b/BUCKET/o/OBJECT?alt=media (tensorstore's reads) calls.
+    monkeypatch.setattr(objects, "download", _sending_generation(objects.download))
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        "STORAGE_EMULATOR_HOST": url,  # gcsfs (epath's gs:// backend), google-cloud-storage
+        "TENSORSTORE_GCS_HTTP_URL": url,  # tensorstore, which writes Orbax's arrays
+        # A fixed bearer token (the emulator checks none), so tensorstore looks for no credentials.
+        "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+        "NO_GCE_CHECK": "true",  # gcsfs and google-auth: no probe of a GCE metadata server
+        # gcsfs's default filesystem asks the Storage Control gRPC API for each bucket's
+        # layout, which the emulator does not serve; the plain JSON-API filesystem does not.
+        "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    # The test lists from this process what the CLI writes from its own: no stale listings.
+    monkeypatch.setitem(fsspec.config.conf, "gs", {"use_listings_cache": False})
+    with emulator_server.create_server("127.0.0.1", port, in_memory=True,
+                                       default_bucket=GCS_BUCKET):
+        yield env

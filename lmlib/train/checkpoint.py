@@ -6,19 +6,23 @@ A checkpoint has two items:
     meta    JSON: step, the data iterator's state, the resolved config, the model config's type
 Two policies at once (as Levanter): a temporary checkpoint every `save_interval` of wall time,
 of which only the newest is kept, and a permanent one every `save_every_steps` steps.
-Orbax writes into a temporary directory and renames it when complete, so a run killed mid-save
-never leaves a checkpoint that looks finished.
+Orbax writes into a temporary directory and renames it when complete (on GCS, where a rename is
+a copy, it writes in place and adds commit_success.txt last), so a run killed mid-save never
+leaves a checkpoint that looks finished.
+
+Paths are etils.epath paths, so a workdir or checkpoint may be local or gs://bucket/...
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
-from pathlib import Path
 from typing import Any
 
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
 from lmlib.errors import ConfigError
@@ -53,6 +57,18 @@ class CheckpointConfig:
         return parse_duration(self.save_interval)
 
 
+def is_remote(path: str | os.PathLike) -> bool:
+    """Whether `path` is a URI (gs://...) rather than a local path."""
+    return "://" in str(path)
+
+
+def absolute(path: str | os.PathLike) -> epath.Path:
+    """`path` as an epath.Path, a local one made absolute (Orbax's array store refuses relative
+    paths). A URI is absolute already: epath's absolute() would prepend the current directory."""
+    path = epath.Path(path)
+    return path if is_remote(path) else path.absolute()
+
+
 def parse_duration(text: str) -> int | None:
     """'90s', '15m', '2h' -> seconds; '' -> None."""
     if not text:
@@ -66,7 +82,7 @@ def parse_duration(text: str) -> int | None:
 class Checkpointer:
     """Saves and restores a run's checkpoints in `directory` (local or gs://)."""
 
-    def __init__(self, directory: str | Path, config: CheckpointConfig):
+    def __init__(self, directory: str | os.PathLike, config: CheckpointConfig):
         self.directory = directory
         save_policies: list = []
         if config.save_interval_seconds:
@@ -85,7 +101,7 @@ class Checkpointer:
                                              item_names=("state", "meta"))
 
     @staticmethod
-    def exists(directory: str | Path) -> bool:
+    def exists(directory: str | os.PathLike) -> bool:
         """Whether `directory` holds at least one finished checkpoint."""
         try:
             step_directory(directory)
@@ -139,14 +155,16 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any],
         raise ConfigError(f"the checkpoint comes from a different {what}: {details}")
 
 
-def step_directory(path: str | Path) -> tuple[Path, int]:
-    """A step directory, or a checkpoints/ directory (its newest step) -> (checkpoints dir, step)."""
-    path = Path(path).absolute()  # Orbax's array store refuses relative paths
+def step_directory(path: str | os.PathLike) -> tuple[epath.Path, int]:
+    """A step directory, a checkpoints/ directory (its newest step) or a run's workdir ->
+    (checkpoints dir, step). Only finished checkpoints count, by Orbax's own test (on GCS an
+    unfinished step directory has the final name, without commit_success.txt)."""
+    path = absolute(path)
     if not path.exists():
         raise ConfigError(f"trainer.checkpoint.load_from: no such checkpoint: {path}")
-    if path.name.isdigit() and (path / "state").exists():
+    if path.name.isdigit() and ocp.step.is_path_finalized(path):
         return path.parent, int(path.name)
-    steps = [int(p.name) for p in path.iterdir() if p.name.isdigit() and (p / "state").exists()]
+    steps = ocp.step.checkpoint_steps(path)
     if not steps and (path / "checkpoints").is_dir():  # a run's workdir
         return step_directory(path / "checkpoints")
     if not steps:
@@ -154,12 +172,12 @@ def step_directory(path: str | Path) -> tuple[Path, int]:
     return path, max(steps)
 
 
-def _read_only_manager(directory: Path) -> ocp.CheckpointManager:
+def _read_only_manager(directory: epath.Path) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(directory, item_names=("state", "meta"),
                                  options=ocp.CheckpointManagerOptions(create=False))
 
 
-def read_meta(path: str | Path) -> dict:
+def read_meta(path: str | os.PathLike) -> dict:
     """The meta item (step, data state, config) of a checkpoint given as for restore_params."""
     directory, step = step_directory(path)
     manager = _read_only_manager(directory)
@@ -173,7 +191,7 @@ def model_config(meta: dict) -> ModelConfig:
     return MODEL_CONFIGS[meta["model_type"]](**meta["config"]["model"])
 
 
-def restore_params(path: str | Path, abstract_params) -> Any:
+def restore_params(path: str | os.PathLike, abstract_params) -> Any:
     """Only the parameters of a checkpoint (params in the shardings of `abstract_params`)."""
     directory, step = step_directory(path)
     manager = _read_only_manager(directory)
@@ -186,9 +204,9 @@ def restore_params(path: str | Path, abstract_params) -> Any:
     return restored.state["params"]
 
 
-def save_params(directory: str | Path, params, config: ModelConfig) -> None:
+def save_params(directory: str | os.PathLike, params, config: ModelConfig) -> None:
     """Writes a parameters-only checkpoint (step 0) that load_from and load_params accept."""
-    manager = ocp.CheckpointManager(Path(directory).absolute(), item_names=("state", "meta"),
+    manager = ocp.CheckpointManager(absolute(directory), item_names=("state", "meta"),
                                     options=ocp.CheckpointManagerOptions(
                                         enable_async_checkpointing=False))
     meta = {"step": 0, "data": None, "model_type": type(config).__name__,
@@ -199,7 +217,7 @@ def save_params(directory: str | Path, params, config: ModelConfig) -> None:
     manager.close()
 
 
-def load_params(path: str | Path) -> tuple[ModelConfig, Any]:
+def load_params(path: str | os.PathLike) -> tuple[ModelConfig, Any]:
     """(model config, params as host numpy arrays) of any checkpoint, for tools and notebooks."""
     from flax import nnx
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from lmlib import hf
 from lmlib.data.pretrain import packed_dataset, prepare_data, restore_iterator_state
@@ -289,8 +290,8 @@ class Trainer:
         return init_state(self.layout).params, 0
 
     @property
-    def checkpoint_dir(self) -> Path:
-        return Path(self.workdir).absolute() / "checkpoints"
+    def checkpoint_dir(self) -> epath.Path:
+        return ckpt.absolute(self.workdir) / "checkpoints"
 
     # ------------------------------------------------------------------ the loop
 

@@ -1,7 +1,7 @@
 """Where training numbers go: one console line per log interval, metrics.jsonl, TensorBoard.
 
 Also the performance arithmetic the console line needs: tokens/s, MFU against the device's
-peak, ETA.
+peak, ETA. The workdir may be local or gs://bucket/... (see StagedDirectory).
 """
 
 from __future__ import annotations
@@ -9,13 +9,18 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import jax
+from etils import epath
 from tensorboard.compat.proto import (event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2,
                                       types_pb2)
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+from lmlib.train.checkpoint import is_remote
 
 # Dense bf16 peak FLOP/s per device, from the vendors' data sheets (no sparsity).
 PEAK_FLOPS = {
@@ -65,6 +70,42 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+class StagedDirectory:
+    """Files written locally, then copied to `remote` by push(), for writers that need a local
+    directory: object stores cannot append (gcsfs turns mode "a" into an overwrite, so
+    TensorBoard's own gs:// writer would keep only the last flush), and some writers only know
+    local files. For a local `remote`, `local` is `remote` itself and push() does nothing."""
+
+    def __init__(self, remote: str | os.PathLike, pull: tuple[str, ...] = ()):
+        """`pull`: files to fetch first from `remote`, where they exist, to append to them."""
+        self.remote = epath.Path(remote)
+        self.is_remote = is_remote(remote)
+        self.local = Path(tempfile.mkdtemp(prefix="lmlib-") if self.is_remote else remote)
+        self.local.mkdir(parents=True, exist_ok=True)
+        self._pushed: dict[Path, tuple[int, int]] = {}  # file -> (size, mtime) when pushed
+        for name in pull if self.is_remote else ():
+            if (self.remote / name).exists():
+                (self.local / name).write_bytes((self.remote / name).read_bytes())
+
+    def push(self) -> None:
+        """Copies the files changed since the last push (whole: objects are written whole)."""
+        if not self.is_remote:
+            return
+        for file in filter(Path.is_file, self.local.rglob("*")):
+            stat = file.stat()
+            stamp = (stat.st_size, stat.st_mtime_ns)
+            if self._pushed.get(file) != stamp:
+                # An object store has no directories: writing the object makes its "parents".
+                (self.remote / file.relative_to(self.local).as_posix()).write_bytes(
+                    file.read_bytes())
+                self._pushed[file] = stamp
+
+    def close(self) -> None:
+        self.push()
+        if self.is_remote:
+            shutil.rmtree(self.local)
+
+
 class TensorBoardWriter:
     """Scalars and text into TensorBoard event files, without TensorFlow."""
 
@@ -112,10 +153,10 @@ class MetricsLogger:
         interrupted run is dropped, so the logs hold each step once. None appends (eval)."""
         self.num_train_steps = num_train_steps
         self.active = jax.process_index() == 0
-        self._jsonl = self._tensorboard = self._samples = None
+        self._jsonl = self._tensorboard = self._samples = self._files = None
         if workdir and self.active:
-            workdir = Path(workdir)
-            workdir.mkdir(parents=True, exist_ok=True)
+            self._files = StagedDirectory(workdir, pull=("metrics.jsonl", "samples.jsonl"))
+            workdir = self._files.local
             path = workdir / "metrics.jsonl"
             if path.exists() and resume_step is not None:
                 kept = [line for line in path.read_text().splitlines()
@@ -136,6 +177,7 @@ class MetricsLogger:
         if self._tensorboard:
             self._tensorboard.scalars(step, metrics)
             self._tensorboard.flush()
+            self._files.push()
         print(self.console_line(step, metrics), flush=True)
 
     def samples(self, step: int, samples: list[dict[str, str]]) -> None:
@@ -153,6 +195,7 @@ class MetricsLogger:
         if self._samples:
             self._samples.flush()
             self._tensorboard.flush()
+            self._files.push()
 
     def console_line(self, step: int, m: dict[str, float]) -> str:
         parts = [f"step {step:>{len(str(self.num_train_steps))}}/{self.num_train_steps}"]
@@ -174,3 +217,4 @@ class MetricsLogger:
             self._samples.close()
         if self._tensorboard:
             self._tensorboard.close()
+            self._files.close()
