@@ -1,31 +1,71 @@
 """Tokenize documents once into ArrayRecord shards (one record per document) with a manifest.
 
-Layout of a prepared directory:
-    manifest.json                     tokenizer and source fingerprints, shards with counts
-    train-00000.array_record (+ .json with that shard's counts), eval-00000.array_record, ...
-A shard is written under a temporary name and renamed when complete, and its counts are written
-after it, so a killed run resumes shard by shard and a half-written shard is never read.
+Layout of a prepared directory (local or any fsspec URL, e.g. gs://bucket/prepared):
+    manifest.json            fingerprints (tokenizer, sources, reader options), input files with
+                             their sizes and modification stamps, shards with counts
+    train-00-00003.array_record, eval-00-00000.array_record, ...   (split-dataset-job)
+    job-train-00-00003.json  one job's shards with their counts, written after its shards
+A job tokenizes some input files into one shard per split it feeds (two when documents are held
+out for validation). Shards are written under a temporary name and moved into place when
+complete, and the job's counts after them, so a killed run resumes job by job and a half-written
+shard is never read. Jobs run in parallel processes.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 import multiprocessing
 import os
+import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 
+import fsspec
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
+from fsspec.implementations.local import LocalFileSystem
 
+from lmlib.data.sources import SkipCounter
 from lmlib.data.tokenizer import load_tokenizer
 
 MANIFEST = "manifest.json"
 
-# A reader turns one input file into its documents (the embedded corpus: one file, one document).
-Reader = Callable[[Path], Iterator[str]]
+# A reader turns one input file of a split into its documents, counting what it skips. It must
+# pickle (a module-level function or a functools.partial of one): jobs run in other processes.
+Reader = Callable[[str, str, SkipCounter], Iterator[str]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """Input files -> one shard per split they feed."""
+
+    split: str  # where the files come from: "train" or "eval"
+    dataset: int  # index in the mixture
+    index: int
+    files: tuple[str, ...]
+    holdout: float = 0.0  # fraction of (train) documents that go to an eval shard instead
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}-{self.dataset:02d}-{self.index:05d}"
+
+    def shard_name(self, split: str) -> str:
+        return f"{split}-{self.dataset:02d}-{self.index:05d}.array_record"
+
+
+def make_jobs(datasets: Sequence[dict[str, Sequence[str]]], num_shards: int,
+              holdout: float = 0.0) -> list[Job]:
+    """Each dataset's files per split -> at most `num_shards` jobs per dataset and split."""
+    jobs = []
+    for dataset, splits in enumerate(datasets):
+        for split, files in splits.items():
+            count = max(1, min(num_shards, len(files)))
+            jobs += [Job(split, dataset, i, tuple(files[i::count]),
+                         holdout if split == "train" else 0.0) for i in range(count)]
+    return jobs
 
 
 def encode_document(tokenizer, text: str) -> np.ndarray:
@@ -33,74 +73,132 @@ def encode_document(tokenizer, text: str) -> np.ndarray:
     return np.asarray([tokenizer.bos_id, *tokenizer.encode(text), tokenizer.eos_id], np.int32)
 
 
-def _write_shard(files: Sequence[Path], reader: Reader, tokenizer_path: str, path: Path) -> dict:
+def is_held_out(text: str, fraction: float) -> bool:
+    """A document's split from its content alone: the same text lands in the same split
+    whatever file or format it came in, on every run."""
+    return zlib.crc32(text.encode()) < fraction * 2**32
+
+
+def _join(directory: str, name: str) -> str:
+    return f"{directory.rstrip('/')}/{name}"
+
+
+def _write_text(url: str, text: str) -> None:
+    """Atomic on a local disk (rename); an object store's upload is atomic by itself."""
+    fs, path = fsspec.core.url_to_fs(url)
+    if isinstance(fs, LocalFileSystem):
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w") as file:
+            file.write(text)
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, text.encode())
+
+
+def _read_json(url: str) -> dict | None:
+    fs, path = fsspec.core.url_to_fs(url)
+    return json.loads(fs.cat_file(path)) if fs.exists(path) else None
+
+
+def _run_job(job: Job, reader: Reader, tokenizer_path: str, out_dir: str, key: str) -> dict:
     tokenizer = load_tokenizer(tokenizer_path)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # unique: writers may race
-    writer = ArrayRecordWriter(str(tmp), "group_size:1")
-    documents = tokens = 0
-    for file in files:
-        for text in reader(file):
+    fs, out_path = fsspec.core.url_to_fs(out_dir)
+    local = isinstance(fs, LocalFileSystem)
+    staging = out_path if local else tempfile.mkdtemp(prefix="lmlib-prepare-")
+    splits = [job.split] + (["eval"] if job.holdout > 0 else [])
+    # Unique temporary names: two runs on one directory may race; the last rename wins.
+    tmp = {s: os.path.join(staging, f"{job.shard_name(s)}.tmp{os.getpid()}") for s in splits}
+    writers = {s: ArrayRecordWriter(path, "group_size:1") for s, path in tmp.items()}
+    counts = {s: {"path": job.shard_name(s), "dataset": job.dataset, "documents": 0,
+                  "tokens": 0} for s in splits}
+    skipped = SkipCounter()
+    for file in job.files:
+        for text in reader(file, job.split, skipped):
+            split = "eval" if job.holdout > 0 and is_held_out(text, job.holdout) else job.split
             ids = encode_document(tokenizer, text)
-            writer.write(ids.tobytes())
-            documents += 1
-            tokens += len(ids)
-    writer.close()
-    tmp.replace(path)
-    counts = {"path": path.name, "documents": documents, "tokens": tokens}
-    path.with_name(path.name + ".json").write_text(json.dumps(counts))
-    return counts
+            writers[split].write(ids.tobytes())
+            counts[split]["documents"] += 1
+            counts[split]["tokens"] += len(ids)
+    for split, writer in writers.items():
+        writer.close()
+        destination = _join(out_path, job.shard_name(split))
+        if local:
+            os.replace(tmp[split], destination)
+        else:
+            fs.put_file(tmp[split], destination)
+            os.remove(tmp[split])
+    result = {"key": key, "shards": counts, "skipped": skipped.as_dict()}
+    _write_text(_join(out_dir, f"job-{job.name}.json"), json.dumps(result))
+    return result
 
 
-def prepare(out_dir: str | Path, splits: dict[str, Sequence[Path]], reader: Reader, *,
-            tokenizer_path: str, fingerprints: dict[str, str], num_shards: int = 8,
-            num_workers: int = 2) -> dict:
-    """Tokenizes each split's files into at most `num_shards` shards; returns the manifest.
+def prepare(out_dir: str, jobs: Sequence[Job], reader: Reader, *, tokenizer_path: str,
+            fingerprints: dict[str, str], sources: dict[str, str] | None = None,
+            num_workers: int = 0) -> dict:
+    """Runs the jobs not done yet; returns the manifest.
 
-    Idempotent: a directory whose manifest matches `fingerprints` is returned as it is.
+    Idempotent: a directory whose manifest matches `fingerprints` is returned as it is. Where
+    it does not (another tokenizer, changed inputs or options), every job runs again.
     """
-    out_dir = Path(out_dir)
-    manifest_path = out_dir / MANIFEST
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
-        if manifest["fingerprints"] == fingerprints:
-            print(f"prepare: {out_dir} is up to date ({_summary(manifest)})", flush=True)
-            return manifest
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = str(out_dir)
+    manifest = _read_json(_join(out_dir, MANIFEST))
+    if manifest and manifest["fingerprints"] == fingerprints:
+        print(f"prepare: {out_dir} is up to date, nothing to do ({_summary(manifest)})",
+              flush=True)
+        _report_skipped(manifest["skipped"])
+        return manifest
+    if manifest:
+        changed = sorted(k for k in fingerprints if manifest["fingerprints"].get(k) != fingerprints[k])
+        print(f"prepare: {out_dir} was prepared with another {' and '.join(changed)}; "
+              "preparing it again", flush=True)
+    fs, path = fsspec.core.url_to_fs(out_dir)
+    fs.makedirs(path, exist_ok=True)
 
-    jobs = {}  # shard path -> files
-    for split, files in splits.items():
-        count = max(1, min(num_shards, len(files)))
-        for i in range(count):
-            jobs[out_dir / f"{split}-{i:05d}.array_record"] = list(files[i::count])
-    done = {p: json.loads(p.with_name(p.name + ".json").read_text()) for p in jobs
-            if p.with_name(p.name + ".json").exists()}
-    todo = [p for p in jobs if p not in done]
+    key = json.dumps(fingerprints, sort_keys=True)  # a job's results count only for these
+    done = {}
+    for job in jobs:
+        result = _read_json(_join(out_dir, f"job-{job.name}.json"))
+        if result and result["key"] == key:
+            done[job] = result
+    todo = [job for job in jobs if job not in done]
     if done:
-        print(f"prepare: resuming, {len(done)} of {len(jobs)} shards already written", flush=True)
+        print(f"prepare: resuming, {len(done)} of {len(jobs)} jobs already done", flush=True)
 
     start, tokens = time.monotonic(), 0
     # spawn, not fork: the caller may already have started JAX's threads.
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
-        futures = {pool.submit(_write_shard, jobs[p], reader, tokenizer_path, p): p for p in todo}
+    workers = min(num_workers or os.cpu_count() or 1, max(1, len(todo)))
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = {pool.submit(_run_job, job, reader, tokenizer_path, out_dir, key): job
+                   for job in todo}
         for n, future in enumerate(concurrent.futures.as_completed(futures), 1):
-            done[futures[future]] = counts = future.result()
-            tokens += counts["tokens"]
+            done[futures[future]] = result = future.result()
+            tokens += sum(s["tokens"] for s in result["shards"].values())
             elapsed = time.monotonic() - start
             eta = elapsed / n * (len(todo) - n)
-            print(f"prepare: {n}/{len(todo)} shards, {tokens:,} tokens, "
+            print(f"prepare: {n}/{len(todo)} jobs, {tokens:,} tokens, "
                   f"{tokens / elapsed:,.0f} tokens/s, ETA {eta:.0f}s", flush=True)
 
+    results = [done[job] for job in jobs]  # in job order: the manifest does not depend on timing
     manifest = {
         "fingerprints": fingerprints,
-        "splits": {split: [done[p] for p in jobs if p.name.startswith(split + "-")]
-                   for split in splits},
+        "sources": sources or {},
+        "splits": {split: [r["shards"][split] for r in results if split in r["shards"]]
+                   for split in ("train", "eval")},
+        "skipped": {f: s for r in results for f, s in r["skipped"].items()},
     }
-    tmp = manifest_path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.replace(manifest_path)
+    _write_text(_join(out_dir, MANIFEST), json.dumps(manifest, indent=1))
     print(f"prepare: wrote {out_dir} ({_summary(manifest)})", flush=True)
+    _report_skipped(manifest["skipped"])
     return manifest
+
+
+def _report_skipped(skipped: dict[str, dict]) -> None:
+    if skipped:
+        total = sum(s["lines"] for s in skipped.values())
+        print(f"prepare: skipped {total:,} bad lines (data.on_error=skip):", flush=True)
+        for file, s in sorted(skipped.items()):
+            print(f"  {file}: {s['lines']:,} lines skipped, the first: {s['first']}", flush=True)
 
 
 def _summary(manifest: dict) -> str:
@@ -110,5 +208,5 @@ def _summary(manifest: dict) -> str:
         for split, shards in manifest["splits"].items())
 
 
-def shard_paths(out_dir: str | Path, manifest: dict, split: str) -> list[str]:
-    return [str(Path(out_dir) / s["path"]) for s in manifest["splits"][split]]
+def shard_paths(out_dir: str, manifest: dict, split: str) -> list[str]:
+    return [_join(str(out_dir), s["path"]) for s in manifest["splits"][split]]

@@ -1,19 +1,34 @@
-"""Where documents come from. The spine ships one source: the embedded corpus.
+"""Where documents come from: the embedded corpus, or your own files named by URLs.
 
 The embedded corpus is the Python standard library's own source (code and docstrings) on this
 machine, found through `sysconfig`: every machine with Python has it, so the demo and the tests
 need no download. Files are split into train and eval by a hash of their path, so the split is
 the same on every run and every machine with the same Python.
+
+Your own files are URLs read through fsspec (local paths, gs://, s3://, http(s)://), with brace
+expansion and globs, decompressed by extension; readers turn JSONL, plain text, Parquet and
+Hugging Face `datasets` into documents and report a bad record as `file:line: reason`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
+import io
+import itertools
+import json
 import os
+import re
 import sysconfig
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+
+import braceexpand
+import fsspec
+
+from lmlib.errors import ConfigError
 
 # Test suites are mostly fixtures and data, and site-packages is not the standard library.
 _SKIPPED_DIRS = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
@@ -46,11 +61,6 @@ def read_text(path: Path) -> str:
     return path.read_bytes().decode("utf-8", errors="replace")
 
 
-def stdlib_documents(split: str) -> Iterator[str]:
-    for path in stdlib_files(split):
-        yield read_text(path)
-
-
 def fingerprint_files(paths: list[Path]) -> str:
     """Changes when any file is added, removed, resized or touched."""
     digest = hashlib.sha256()
@@ -60,6 +70,261 @@ def fingerprint_files(paths: list[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
-def read_whole_file(path: Path) -> Iterator[str]:
+def read_stdlib_file(path: str, split: str, skipped: SkipCounter) -> Iterator[str]:
     """Reader for the embedded corpus: each source file is one document."""
-    yield read_text(path)
+    yield read_text(Path(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Your own data: URLs read through fsspec.
+
+_WEIGHT_SUFFIX = re.compile(r"^(?P<url>.+):(?P<weight>\d+(?:\.\d*)?|\.\d+)$")
+_GLOB_CHARS = set("*?[")
+
+
+class DataError(ConfigError):
+    """Bad input data: the message starts with `file:line:` where there is a line."""
+
+
+def split_top_level(text: str, separator: str = ",") -> list[str]:
+    """Splits on `separator` outside braces: `a.{0..3}.jsonl,b.{x,y}.txt` is two URLs."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if char == separator and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [part.strip() for part in parts if part.strip()]
+
+
+def parse_mixture(text: str) -> list[tuple[list[str], float]]:
+    """`a/*.jsonl:0.7,b/*.parquet:0.3` -> datasets with weights; no weights -> one dataset.
+
+    Either every entry has a weight (each entry is then one dataset of the mixture) or none has
+    (all entries are one dataset, documents in their natural proportion).
+    """
+    entries = split_top_level(text)
+    matches = [_WEIGHT_SUFFIX.match(entry) for entry in entries]
+    if not any(matches):
+        return [(entries, 1.0)] if entries else []
+    if not all(matches):
+        unweighted = [e for e, m in zip(entries, matches) if not m]
+        raise ConfigError(f"data.train_urls mixes weighted and unweighted entries: give "
+                          f"{unweighted[0]!r} a weight (url:weight) or drop all weights")
+    datasets = [([m["url"]], float(m["weight"])) for m in matches]
+    if sum(weight for _, weight in datasets) <= 0:
+        raise ConfigError(f"data.train_urls: the mixture weights sum to 0 in {text!r}")
+    return datasets
+
+
+def is_hub_id(url: str) -> bool:
+    """`owner/name` with no scheme that is not a local path: a Hugging Face hub dataset id."""
+    return ("://" not in url and url.count("/") == 1 and not url.startswith((".", "/"))
+            and not Path(url).exists())
+
+
+def expand_url(url: str, format: str = "auto") -> list[str]:
+    """One URL pattern -> the files it names (brace expansion, then globs), sorted.
+
+    A dataset directory (Hugging Face `save_to_disk`, TFDS) is one input; a pattern that
+    matches nothing is an error that names it.
+    """
+    if format == "hf" and is_hub_id(url):
+        return [url]
+    files = []
+    for expanded in braceexpand.braceexpand(url):
+        fs, path = fsspec.core.url_to_fs(expanded)
+        if _GLOB_CHARS & set(path):
+            matches = sorted(fs.glob(path))
+        else:
+            matches = [path] if fs.exists(path) else []
+        files += [fs.unstrip_protocol(match) if "://" in expanded else match
+                  for match in matches]
+    if not files:
+        raise ConfigError(f"no file matches {url!r}")
+    return list(dict.fromkeys(files))
+
+
+def detect_format(url: str) -> str:
+    """The reader for one input, by its extension (compression suffixes aside) or layout."""
+    fs, path = fsspec.core.url_to_fs(url)
+    if fs.isdir(path):
+        names = {Path(p).name for p in fs.ls(path, detail=False)}
+        if names & {"state.json", "dataset_dict.json"}:
+            return "hf"
+        raise ConfigError(f"{url}: a directory that is not a Hugging Face `save_to_disk` "
+                          "dataset; name its files (e.g. dir/*.jsonl)")
+    name = Path(path).name
+    for suffix in _COMPRESSIONS:
+        name = name.removesuffix(suffix)
+    for suffix, format in _EXTENSIONS.items():
+        if name.endswith(suffix):
+            return format
+    raise ConfigError(f"{url}: cannot tell the format from the extension; set data.format "
+                      f"(one of {', '.join(READERS)})")
+
+
+_COMPRESSIONS = (".gz", ".zst", ".bz2", ".xz")
+_EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".txt": "text", ".text": "text",
+               ".md": "text", ".parquet": "parquet"}
+
+
+def file_stamp(url: str) -> str:
+    """Size and modification stamp of an input, whatever the filesystem calls them."""
+    if is_hub_id(url):
+        return "hub"  # the datasets library caches and revisions hub data itself
+    fs, path = fsspec.core.url_to_fs(url)
+    if fs.isdir(path):
+        return ";".join(file_stamp(fs.unstrip_protocol(p) if "://" in url else p)
+                        for p in sorted(fs.find(path)))
+    info = fs.info(path)
+    modified = next((info[key] for key in ("mtime", "updated", "LastModified", "ETag", "etag")
+                     if key in info), "")
+    return f"{info.get('size')}@{modified}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadOptions:
+    """How files turn into documents (the data config's reader fields)."""
+
+    format: str = "auto"
+    text_key: str = "text"
+    text_split: str = "file"  # plain text: "file" or "blank_line"
+    on_error: str = "stop"  # or "skip"
+    hf_split: str = "train"  # the split of a `datasets` DatasetDict or hub dataset
+
+
+class SkipCounter:
+    """Counts skipped lines per file, keeping the first reason of each file."""
+
+    def __init__(self):
+        self.counts: dict[str, int] = {}
+        self.first: dict[str, str] = {}
+
+    def add(self, file: str, line: int, reason: str) -> None:
+        self.counts[file] = self.counts.get(file, 0) + 1
+        self.first.setdefault(file, f"{file}:{line}: {reason}")
+
+    def as_dict(self) -> dict[str, dict]:
+        return {f: {"lines": n, "first": self.first[f]} for f, n in self.counts.items()}
+
+
+def read_documents(url: str, split: str, skipped: SkipCounter, options: ReadOptions
+                   ) -> Iterator[str]:
+    """The documents of one input of a split ("train" or "eval"). Bad records stop with
+    `file:line: reason`, or are counted in `skipped` where options.on_error is "skip"."""
+    format = detect_format(url) if options.format == "auto" else options.format
+    options = dataclasses.replace(options, hf_split="validation" if split == "eval" else "train")
+    for line, text, reason in READERS[format](url, options):
+        if reason is None:
+            yield text
+        elif options.on_error == "skip":
+            skipped.add(url, line, reason)
+        else:
+            raise DataError(f"{url}:{line}: {reason}")
+
+
+# A reader yields (line, text, None) per document or (line, None, reason) per bad record.
+Record = tuple[int, "str | None", "str | None"]
+
+
+@contextlib.contextmanager
+def _open(url: str) -> Iterator[io.BufferedReader]:
+    """The decompressed bytes of a file. Buffered: zstandard's reader cannot iterate lines."""
+    with fsspec.open(url, "rb", compression="infer") as file:
+        yield io.BufferedReader(file) if not isinstance(file, io.BufferedIOBase) else file
+
+
+def _read_jsonl(url: str, options: ReadOptions) -> Iterator[Record]:
+    key = options.text_key
+    with _open(url) as file:
+        for number, raw in enumerate(file, 1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                yield number, None, f"not UTF-8 ({e.reason} at byte {e.start})"
+                continue
+            except json.JSONDecodeError as e:
+                yield number, None, f"not valid JSON ({e.msg}, column {e.colno})"
+                continue
+            if not isinstance(record, dict) or key not in record:
+                yield number, None, f"no {key!r} key (set data.text_key?)"
+            elif not isinstance(record[key], str):
+                yield number, None, f"{key!r} is {type(record[key]).__name__}, not a string"
+            else:
+                yield number, record[key], None
+
+
+def _read_text(url: str, options: ReadOptions) -> Iterator[Record]:
+    with _open(url) as file:
+        data = file.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        yield line, None, f"not UTF-8 ({e.reason} at byte {e.start})"
+        return
+    if options.text_split == "file":
+        yield 1, text, None
+        return
+    line = 1  # blank_line: each block of lines between blank lines is one document
+    for block, gap in itertools.zip_longest(*[iter(_BLANK_LINES.split(text))] * 2, fillvalue=""):
+        if block.strip():
+            yield line, block, None
+        line += block.count("\n") + gap.count("\n")
+
+
+_BLANK_LINES = re.compile(r"(\n[ \t]*\n+)")
+
+
+def _text_or_reason(value, key: str) -> tuple[str | None, str | None]:
+    if isinstance(value, str):
+        return value, None
+    return None, f"{key!r} is {type(value).__name__}, not a string"
+
+
+def _read_columns(url: str, key: str, column_names: list[str], batches) -> Iterator[Record]:
+    """Rows of a table-like input (Parquet, `datasets`): the line of a record is its row."""
+    if key not in column_names:
+        yield 1, None, f"no {key!r} column (set data.text_key?)"
+        return
+    row = 0
+    for batch in batches:
+        for value in batch:
+            row += 1
+            yield row, *_text_or_reason(value, key)
+
+
+def _read_parquet(url: str, options: ReadOptions) -> Iterator[Record]:
+    import pyarrow.parquet as pq
+
+    with fsspec.open(url, "rb") as file:
+        parquet = pq.ParquetFile(file)
+        key = options.text_key
+        batches = (b.column(0).to_pylist()
+                   for b in parquet.iter_batches(columns=[key]) if b.num_columns)
+        yield from _read_columns(url, key, parquet.schema_arrow.names, batches)
+
+
+def _read_hf(url: str, options: ReadOptions) -> Iterator[Record]:
+    import datasets
+
+    if is_hub_id(url):
+        dataset = datasets.load_dataset(url, split=options.hf_split)
+    else:
+        dataset = datasets.load_from_disk(url)
+        if isinstance(dataset, datasets.DatasetDict):
+            if options.hf_split not in dataset:
+                yield 1, None, f"no {options.hf_split!r} split (it has {', '.join(dataset)})"
+                return
+            dataset = dataset[options.hf_split]
+    key = options.text_key
+    batches = (b[key] for b in dataset.select_columns([key]).iter(1000)) \
+        if key in dataset.column_names else ()
+    yield from _read_columns(url, key, dataset.column_names, batches)
+
+
+READERS = {"jsonl": _read_jsonl, "text": _read_text, "parquet": _read_parquet, "hf": _read_hf}

@@ -57,6 +57,9 @@ class HFTokenizer(Tokenizer):
 
         path = Path(path)
         self._tok = HFTokenizerImpl.from_file(str(path))
+        # Text such as a literal "<s>" in a document is text, never a control token: as in
+        # SentencePiece, and as transformers' split_special_tokens (lmlib.hf's export) does.
+        self._tok.encode_special_tokens = True
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         self.bos_id = self._tok.token_to_id(bos_token)
         self.eos_id = self._tok.token_to_id(eos_token)

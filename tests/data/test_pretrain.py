@@ -1,6 +1,7 @@
 """The packing pipeline's rows: inputs, shifted targets, positions and loss weights."""
 
 import numpy as np
+import pytest
 
 from lmlib.data.pretrain import _model_inputs
 
@@ -43,3 +44,21 @@ def test_iterator_state_through_json_replays_the_same_batches():
         restore_iterator_state(restored, state)
         for batch in expected:
             np.testing.assert_array_equal(next(restored)["tokens"], batch)
+
+
+def test_weights_mix_shards_in_their_proportions(tmp_path):
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    from lmlib.data.pretrain import packed_dataset
+
+    paths = []
+    for marker in (5, 6):  # every document of a shard carries its marker token
+        paths.append(str(tmp_path / f"{marker}.array_record"))
+        writer = ArrayRecordWriter(paths[-1], "group_size:1")
+        for _ in range(10):
+            writer.write(np.array([1, marker, marker, 2], np.int32).tobytes())
+        writer.close()
+    dataset = packed_dataset(paths, seq_len=399, batch_size=1, seed=0, shuffle=True,
+                             repeat=True, weights=[0.75, 0.25])
+    tokens = next(iter(dataset))["tokens"]  # 100 documents
+    assert np.sum(tokens == 5) / np.sum(tokens == 1) == pytest.approx(2 * 0.75, abs=0.05)
