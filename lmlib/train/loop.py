@@ -331,7 +331,9 @@ class Trainer:
                         logged["perf/eta_sec"] = seconds_per_step * (total - step)
                     evaluate = due(trainer.eval_every)
                     hooks = [hook for hook in self.hooks if due(hook.every)]
-                    save = checkpointer and (step == total or preemption.requested
+                    # Read once: a SIGTERM landing later in this step must not skip the save.
+                    preempted = preemption.requested
+                    save = checkpointer and (step == total or preempted
                                              or checkpointer.manager.should_save(step))
                     if evaluate or hooks or save:  # their time is not step time
                         jax.block_until_ready(state)
@@ -346,8 +348,9 @@ class Trainer:
                         last_log_time += time.monotonic() - pause_start
                     if logged:
                         logger.write(step, logged)
-                    if preemption.requested:
-                        print(f"preempted: saved a checkpoint at step {step}; exiting", flush=True)
+                    if preempted:
+                        saved = "saved a checkpoint" if checkpointer else "no workdir, nothing saved"
+                        print(f"preempted: {saved} at step {step}; exiting", flush=True)
                         break
         finally:
             logger.close()

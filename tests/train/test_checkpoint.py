@@ -65,7 +65,8 @@ def test_sigterm_saves_at_the_step_reached_exits_0_and_restart_continues(tmp_pat
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 0, output
     reached = int(output.split("saved a checkpoint at step ")[1].split(";")[0])
-    assert checkpoint_steps(tmp_path)[-1] == reached
+    listing = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert checkpoint_steps(tmp_path)[-1:] == [reached], (listing, output)
 
     restarted = run_cli(*CHECKPOINTED, f"--set=trainer.num_train_steps={reached + 2}",
                         f"--workdir={tmp_path}").stdout
