@@ -23,6 +23,7 @@ from typing import Any
 
 from lmlib import hf
 from lmlib.data.pretrain import PretrainData
+from lmlib.data.supervised import SupervisedData, sft_tokenizer
 from lmlib.errors import ConfigError
 from lmlib.models import ModelConfig
 from lmlib.train.loop import TrainerConfig
@@ -34,7 +35,7 @@ from lmlib.tree_util import flatten_dict
 class ExperimentConfig:
     name: str
     model: ModelConfig
-    data: PretrainData
+    data: PretrainData | SupervisedData
     optimizer: AdamW
     trainer: TrainerConfig
     init_from: str = ""  # a Hugging Face directory or hub id whose weights the run starts from
@@ -60,7 +61,7 @@ class Experiment:
     def init_from(self) -> HFCheckpoint | None:
         return None
 
-    def data(self) -> PretrainData:
+    def data(self) -> PretrainData | SupervisedData:
         return PretrainData()
 
     def optimizer(self) -> AdamW:
@@ -205,5 +206,20 @@ def resolve(name: str, overrides: list[str] = ()) -> ExperimentConfig:
     config = lookup(name).config(init_from[-1] if init_from else None)
     config = apply_overrides(config, [o for o in overrides
                                       if o.partition("=")[0].strip() != "init_from"])
+    config = _fit_vocab(config)
     config.trainer.check_fits(config.model)
     return config
+
+
+def _fit_vocab(config: ExperimentConfig) -> ExperimentConfig:
+    """Finetuning with a tokenizer that has no pad token adds one, so the model's vocabulary
+    (and embedding, when its weights load) grows by a row, as Stanford Alpaca does."""
+    if not isinstance(config.data, SupervisedData) or not config.data.tokenizer.path:
+        return config
+    vocab_size = sft_tokenizer(config.data).vocab_size
+    if vocab_size <= config.model.vocab_size:
+        return config
+    print(f"model.vocab_size: {config.model.vocab_size} -> {vocab_size} (the tokenizer has no "
+          "pad token: adding one)", flush=True)
+    return dataclasses.replace(config, model=dataclasses.replace(config.model,
+                                                                 vocab_size=vocab_size))

@@ -145,7 +145,7 @@ def prepare(out_dir: str, jobs: Sequence[Job], reader: Reader, *, tokenizer_path
     if manifest and manifest["fingerprints"] == fingerprints:
         print(f"prepare: {out_dir} is up to date, nothing to do ({_summary(manifest)})",
               flush=True)
-        _report_skipped(manifest["skipped"])
+        report_skipped(manifest["skipped"])
         return manifest
     if manifest:
         changed = sorted(k for k in fingerprints if manifest["fingerprints"].get(k) != fingerprints[k])
@@ -189,11 +189,11 @@ def prepare(out_dir: str, jobs: Sequence[Job], reader: Reader, *, tokenizer_path
     }
     _write_text(_join(out_dir, MANIFEST), json.dumps(manifest, indent=1))
     print(f"prepare: wrote {out_dir} ({_summary(manifest)})", flush=True)
-    _report_skipped(manifest["skipped"])
+    report_skipped(manifest["skipped"])
     return manifest
 
 
-def _report_skipped(skipped: dict[str, dict]) -> None:
+def report_skipped(skipped: dict[str, dict]) -> None:
     if skipped:
         total = sum(s["lines"] for s in skipped.values())
         print(f"prepare: skipped {total:,} bad lines (data.on_error=skip):", flush=True)

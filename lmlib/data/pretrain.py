@@ -1,9 +1,9 @@
 """The pretraining data pipeline: prepared ArrayRecord shards -> packed, batched rows.
 
-Grain, in this order: global shuffle of documents by seed (reshuffled each epoch) -> this
-process's slice -> concat-then-split packing into rows of seq_len + 1 tokens -> model inputs
-(tokens, targets, positions, segment ids, loss weights) -> batches. The iterator's state is
-small (indices into the shuffled order) and goes into checkpoints.
+Grain, in this order: global shuffle of documents by seed (reshuffled each epoch) ->
+concat-then-split packing into rows of seq_len + 1 tokens -> model inputs (tokens, targets,
+positions, segment ids, loss weights) -> global batches -> this process's block of each. The
+iterator's state is small (indices into the shuffled order) and goes into checkpoints.
 """
 
 from __future__ import annotations
@@ -88,6 +88,17 @@ class PreparedData:
     directory: str  # where the shards are read from (a local copy of remote ones)
     manifest: dict
     weights: tuple[float, ...] = (1.0,)  # mixture weight of each dataset
+    row_shuffle_window: int = 0
+
+    def dataset(self, split: str, *, seq_len: int, batch_size: int, seed: int, shuffle: bool,
+                repeat: bool, process_index: int = 0, process_count: int = 1
+                ) -> grain.IterDataset:
+        """This process's batches of packed rows of `split`: the Trainer's entry point."""
+        return packed_dataset(
+            self.shards(split), seq_len=seq_len, batch_size=batch_size, seed=seed,
+            shuffle=shuffle, repeat=repeat, row_shuffle_window=self.row_shuffle_window,
+            process_index=process_index, process_count=process_count,
+            weights=self.shard_weights(split))
 
     def shards(self, split: str) -> list[str]:
         return [path for path, _ in self._shards(split)]
@@ -163,6 +174,12 @@ def _tokenizer_path(config: PretrainData, plan: _Plan, root: Path) -> Path:
     return path
 
 
+def stdlib_tokenizer(config: PretrainData) -> Path:
+    """The embedded corpus's tokenizer (trained once, cached): the demos share it."""
+    plan = _stdlib_plan()
+    return _tokenizer_path(config, plan, cache_dir(config) / plan.name)
+
+
 def train_tokenizer(config: PretrainData, output: str | Path,
                     plan: _Plan | None = None) -> SentencePieceTokenizer:
     """A BPE model trained on the data's train documents with config.tokenizer's settings."""
@@ -206,7 +223,7 @@ def prepare_data(config: PretrainData) -> PreparedData:
     if "://" in directory:
         directory = str(_local_copy(directory, manifest, cache_dir(config)))
     weights = tuple(w for _, w in sources.parse_mixture(config.train_urls)) or (1.0,)
-    return PreparedData(tokenizer, directory, manifest, weights)
+    return PreparedData(tokenizer, directory, manifest, weights, config.row_shuffle_window)
 
 
 def _local_copy(url: str, manifest: dict, cache: Path) -> Path:
@@ -230,12 +247,13 @@ def _decode(record: bytes) -> dict[str, np.ndarray]:
     return {"tokens": np.frombuffer(record, dtype=np.int32)}
 
 
-def _model_inputs(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def model_inputs(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """One packed row of seq_len + 1 tokens -> next-token inputs and targets.
 
     Positions restart at 0 at each document start and at the row start (a document split across
     rows continues in the next row from position 0), so they never exceed seq_len. The target of
-    the last token of one document is the first token of the next: its weight is 0.
+    the last token of one document is the first token of the next: its weight is 0. A row with a
+    "loss_mask" (supervised data) also gives 0 weight to the targets it masks (the prompt).
     """
     tokens, segments = row["tokens"], row["tokens_segment_ids"]
     inputs, targets = tokens[:-1], tokens[1:]
@@ -244,6 +262,8 @@ def _model_inputs(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     index = np.arange(len(inputs))
     positions = index - np.maximum.accumulate(np.where(starts, index, 0))
     weights = (input_segments == target_segments) & (input_segments != 0)
+    if "loss_mask" in row:
+        weights &= row["loss_mask"][1:].astype(bool)
     return {
         "tokens": inputs.astype(np.int32),
         "targets": targets.astype(np.int32),
@@ -267,6 +287,12 @@ def packed_dataset(shard_paths: list[str], *, seq_len: int, batch_size: int, see
                    weights: Sequence[float] | None = None) -> grain.IterDataset:
     """Batches of packed rows for this process: `batch_size` is the per-process batch.
 
+    Every process packs the same stream of rows and keeps block `process_index` of each global
+    batch (`batch_size * process_count` rows), so the global batches, and the iterator's state,
+    are the same for any number of processes: losses match a one-process run, and a checkpoint
+    resumes on another process count. The price: each process reads every document's tokens
+    (4 bytes a token) to pack them, and keeps 1/process_count of the rows.
+
     With `weights` (one per shard, PreparedData.shard_weights), documents are drawn from the
     shards in those proportions, each shard shuffled on its own and repeated without end.
     """
@@ -278,13 +304,17 @@ def packed_dataset(shard_paths: list[str], *, seq_len: int, batch_size: int, see
         dataset = grain.MapDataset.mix(
             [_documents([path], seed + i, shuffle, repeat=True)
              for i, path in enumerate(shard_paths)], weights)
-    dataset = dataset[process_index::process_count].map(_decode)
     rows = grain.experimental.ConcatThenSplitIterDataset(
-        dataset.to_iter_dataset(), length_struct={"tokens": seq_len + 1}).map(_model_inputs)
+        dataset.map(_decode).to_iter_dataset(),
+        length_struct={"tokens": seq_len + 1}).map(model_inputs)
     if shuffle and row_shuffle_window > 1:
         rows = grain.experimental.WindowShuffleIterDataset(
             rows, window_size=row_shuffle_window, seed=seed)
-    return rows.batch(batch_size, drop_remainder=True)
+    batches = rows.batch(batch_size * process_count, drop_remainder=True)
+    if process_count == 1:
+        return batches
+    block = slice(process_index * batch_size, (process_index + 1) * batch_size)
+    return batches.map(lambda batch: {k: v[block] for k, v in batch.items()})
 
 
 def _lists_to_tuples(value):

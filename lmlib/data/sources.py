@@ -22,8 +22,9 @@ import os
 import re
 import sysconfig
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import braceexpand
 import fsspec
@@ -236,26 +237,83 @@ def _open(url: str) -> Iterator[io.BufferedReader]:
         yield io.BufferedReader(file) if not isinstance(file, io.BufferedIOBase) else file
 
 
+def _jsonl_records(url: str) -> Iterator[tuple[int, dict | None, str | None]]:
+    """(line, record, None) per JSON object of a JSONL file, or (line, None, reason).
+
+    A file that is one JSON array of objects (Stanford Alpaca's alpaca_data.json) is read whole;
+    the "line" of each of its records is its 1-based index."""
+    with _open(url) as file:
+        if file.peek(64).lstrip()[:1] == b"[":
+            yield from _json_array_records(file.read())
+            return
+        for number, raw in enumerate(file, 1):
+            if raw.strip():
+                yield number, *_object_or_reason(lambda: json.loads(raw.decode("utf-8")))
+
+
+def _json_array_records(data: bytes) -> Iterator[tuple[int, dict | None, str | None]]:
+    try:
+        records = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        yield data[:e.start].count(b"\n") + 1, None, f"not UTF-8 ({e.reason} at byte {e.start})"
+        return
+    except json.JSONDecodeError as e:
+        yield e.lineno, None, f"not valid JSON ({e.msg}, column {e.colno})"
+        return
+    for number, record in enumerate(records, 1):
+        yield number, *_object_or_reason(lambda: record)
+
+
+def _object_or_reason(parse: Callable[[], Any]) -> tuple[dict | None, str | None]:
+    """(the parsed record, None) when it is a JSON object, else (None, why not)."""
+    try:
+        value = parse()
+    except UnicodeDecodeError as e:
+        return None, f"not UTF-8 ({e.reason} at byte {e.start})"
+    except json.JSONDecodeError as e:
+        return None, f"not valid JSON ({e.msg}, column {e.colno})"
+    if not isinstance(value, dict):
+        return None, f"a JSON {type(value).__name__}, not an object"
+    return value, None
+
+
 def _read_jsonl(url: str, options: ReadOptions) -> Iterator[Record]:
     key = options.text_key
-    with _open(url) as file:
-        for number, raw in enumerate(file, 1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                yield number, None, f"not UTF-8 ({e.reason} at byte {e.start})"
-                continue
-            except json.JSONDecodeError as e:
-                yield number, None, f"not valid JSON ({e.msg}, column {e.colno})"
-                continue
-            if not isinstance(record, dict) or key not in record:
-                yield number, None, f"no {key!r} key (set data.text_key?)"
-            elif not isinstance(record[key], str):
-                yield number, None, f"{key!r} is {type(record[key]).__name__}, not a string"
-            else:
-                yield number, record[key], None
+    for number, record, reason in _jsonl_records(url):
+        if reason is not None:
+            yield number, None, reason
+        elif key not in record:
+            yield number, None, f"no {key!r} key (set data.text_key?)"
+        elif not isinstance(record[key], str):
+            yield number, None, f"{key!r} is {type(record[key]).__name__}, not a string"
+        else:
+            yield number, record[key], None
+
+
+def read_records(url: str, split: str, options: ReadOptions
+                 ) -> Iterator[tuple[int, dict | None, str | None]]:
+    """Whole records of a JSONL, Parquet or `datasets` input, for data that needs more than one
+    field (prompt/response pairs): (line, record, None), or (line, None, reason) for a bad one.
+    The line of a Parquet or `datasets` record is its row number."""
+    format = detect_format(url) if options.format == "auto" else options.format
+    if format == "jsonl":
+        yield from _jsonl_records(url)
+    elif format == "parquet":
+        import pyarrow.parquet as pq
+
+        with fsspec.open(url, "rb") as file:
+            rows = (row for batch in pq.ParquetFile(file).iter_batches()
+                    for row in batch.to_pylist())
+            yield from ((number, row, None) for number, row in enumerate(rows, 1))
+    elif format == "hf":
+        dataset = _hf_dataset(url, "validation" if split == "eval" else "train")
+        if isinstance(dataset, str):
+            yield 1, None, dataset
+        else:
+            yield from ((number, row, None) for number, row in enumerate(dataset, 1))
+    else:
+        raise DataError(f"{url}: a {format} file holds documents, not records; use JSONL, "
+                        "Parquet or a `datasets` directory")
 
 
 def _read_text(url: str, options: ReadOptions) -> Iterator[Record]:
@@ -309,18 +367,25 @@ def _read_parquet(url: str, options: ReadOptions) -> Iterator[Record]:
         yield from _read_columns(url, key, parquet.schema_arrow.names, batches)
 
 
-def _read_hf(url: str, options: ReadOptions) -> Iterator[Record]:
+def _hf_dataset(url: str, split: str):
+    """A `datasets` Dataset (hub id or save_to_disk directory), or the reason there is none."""
     import datasets
 
     if is_hub_id(url):
-        dataset = datasets.load_dataset(url, split=options.hf_split)
-    else:
-        dataset = datasets.load_from_disk(url)
-        if isinstance(dataset, datasets.DatasetDict):
-            if options.hf_split not in dataset:
-                yield 1, None, f"no {options.hf_split!r} split (it has {', '.join(dataset)})"
-                return
-            dataset = dataset[options.hf_split]
+        return datasets.load_dataset(url, split=split)
+    dataset = datasets.load_from_disk(url)
+    if isinstance(dataset, datasets.DatasetDict):
+        if split not in dataset:
+            return f"no {split!r} split (it has {', '.join(dataset)})"
+        dataset = dataset[split]
+    return dataset
+
+
+def _read_hf(url: str, options: ReadOptions) -> Iterator[Record]:
+    dataset = _hf_dataset(url, options.hf_split)
+    if isinstance(dataset, str):
+        yield 1, None, dataset
+        return
     key = options.text_key
     batches = (b[key] for b in dataset.select_columns([key]).iter(1000)) \
         if key in dataset.column_names else ()

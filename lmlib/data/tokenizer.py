@@ -45,7 +45,8 @@ class SentencePieceTokenizer(Tokenizer):
         return self._sp.encode(text)
 
     def decode(self, ids: Iterable[int]) -> str:
-        return self._sp.decode([int(i) for i in ids])
+        # Ids past the model's pieces (a pad token added for finetuning) decode to nothing.
+        return self._sp.decode([int(i) for i in ids if int(i) < self._sp.vocab_size()])
 
 
 class HFTokenizer(Tokenizer):

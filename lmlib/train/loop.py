@@ -16,7 +16,8 @@ import numpy as np
 from etils import epath
 
 from lmlib import hf
-from lmlib.data.pretrain import packed_dataset, prepare_data, restore_iterator_state
+from lmlib.data.pretrain import PretrainData, prepare_data, restore_iterator_state
+from lmlib.data.supervised import prepare_supervised
 from lmlib.errors import ConfigError, TrainingDiverged
 from lmlib.mesh import MeshConfig, batch_sharding, make_mesh
 from lmlib.train import checkpoint as ckpt
@@ -139,7 +140,8 @@ class Trainer:
         trainer, model = config.trainer, config.model
         trainer.check_fits(model)
         self.mesh = make_mesh(trainer.mesh)
-        self.data = prepare_data(config.data)
+        self.data = (prepare_data(config.data) if isinstance(config.data, PretrainData)
+                     else prepare_supervised(config.data, model.seq_len))
         if self.data.tokenizer.vocab_size > model.vocab_size:
             raise ConfigError(f"the tokenizer has {self.data.tokenizer.vocab_size} tokens but "
                               f"model.vocab_size={model.vocab_size}")
@@ -191,11 +193,10 @@ class Trainer:
 
     def _dataset(self, split: str, shuffle: bool, repeat: bool):
         trainer = self.config.trainer
-        return packed_dataset(
-            self.data.shards(split), seq_len=self.config.model.seq_len,
+        return self.data.dataset(
+            split, seq_len=self.config.model.seq_len,
             batch_size=trainer.batch_size // jax.process_count(), seed=trainer.seed,
-            shuffle=shuffle, repeat=repeat,
-            row_shuffle_window=self.config.data.row_shuffle_window, process_index=jax.process_index(),
+            shuffle=shuffle, repeat=repeat, process_index=jax.process_index(),
             process_count=jax.process_count())
 
     def train_iterator(self) -> Iterator[dict[str, np.ndarray]]:
@@ -249,7 +250,7 @@ class Trainer:
             meta = checkpointer.meta(step)
             ckpt.check_resumable(meta["config"], ckpt.config_json(self.config))
             print(f"resuming from {checkpointer.directory}/{step}", flush=True)
-            restore_iterator_state(batches, meta["data"])
+            restore_iterator_state(batches, ckpt.process_data_state(meta))
             return checkpointer.restore(step, abstract_state(self.layout))
         if self.config.trainer.checkpoint.load_from:
             return init_state(self.layout, self.load_params(self.config.trainer.checkpoint.load_from))
@@ -332,7 +333,7 @@ class Trainer:
                     evaluate = due(trainer.eval_every)
                     hooks = [hook for hook in self.hooks if due(hook.every)]
                     # Read once: a SIGTERM landing later in this step must not skip the save.
-                    preempted = preemption.requested
+                    preempted = preemption.reached(step)
                     save = checkpointer and (step == total or preempted
                                              or checkpointer.manager.should_save(step))
                     if evaluate or hooks or save:  # their time is not step time
