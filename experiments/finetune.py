@@ -33,7 +33,8 @@ class Llama7BAlpaca(Experiment):
 
     def data(self):
         # Padded, as the original (one example per row): 1218 steps are then its 3 epochs.
-        return dataclasses.replace(ALPACA_DATA, layout="padded", validation_fraction=0.0)
+        # The original holds nothing out; 1% (520 examples) gives an eval loss.
+        return dataclasses.replace(ALPACA_DATA, layout="padded", validation_fraction=0.01)
 
     def optimizer(self):
         return ALPACA_OPTIMIZER
