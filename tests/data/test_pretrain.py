@@ -1,5 +1,7 @@
 """The packing pipeline's rows: inputs, shifted targets, positions and loss weights."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -49,7 +51,7 @@ def test_iterator_state_through_json_replays_the_same_batches():
 def test_weights_mix_shards_in_their_proportions(tmp_path):
     from array_record.python.array_record_module import ArrayRecordWriter
 
-    from lmlib.data.pretrain import packed_dataset
+    from lmlib.data.pretrain import PreparedData, packed_dataset
 
     paths = []
     for marker in (5, 6):  # every document of a shard carries its marker token
@@ -62,3 +64,12 @@ def test_weights_mix_shards_in_their_proportions(tmp_path):
                              repeat=True, weights=[0.75, 0.25])
     tokens = next(iter(dataset))["tokens"]  # 100 documents
     assert np.sum(tokens == 5) / np.sum(tokens == 1) == pytest.approx(2 * 0.75, abs=0.05)
+
+    # The Trainer's entry point applies the mixture weights of the data config.
+    manifest = {"splits": {"train": [{"path": Path(p).name, "dataset": i, "documents": 10}
+                                     for i, p in enumerate(paths)]}}
+    data = PreparedData(tokenizer=None, directory=str(tmp_path), manifest=manifest,
+                        weights=(0.25, 0.75))
+    tokens = next(iter(data.dataset("train", seq_len=399, batch_size=1, seed=0, shuffle=True,
+                                    repeat=True)))["tokens"]
+    assert np.sum(tokens == 6) / np.sum(tokens == 1) == pytest.approx(2 * 0.75, abs=0.05)

@@ -218,3 +218,20 @@ def test_stdlib_sft_demo_through_the_cli_and_a_bad_record_is_exit_2(tmp_path):
                      f"--workdir={tmp_path / 'bad'}", check=False)
     assert result.returncode == 2
     assert f"{bad}:1: no 'output' field" in result.stderr
+
+
+def test_parquet_and_datasets_directories_give_the_same_examples_as_jsonl(tmp_path):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = [{"instruction": f"Spell {w}.", "input": "", "output": " ".join(w)}
+               for w in ("cat", "dog", "emu")]
+    write_jsonl(tmp_path / "a.jsonl", [json.dumps(r) for r in records])
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "a.parquet")
+    datasets.Dataset.from_list(records).save_to_disk(str(tmp_path / "a_dataset"))
+    read = {name: supervised.read_examples(SupervisedData(
+        train_urls=str(tmp_path / name), preprocess="tatsu-lab/alpaca", validation_fraction=0),
+        "train")[0] for name in ("a.jsonl", "a.parquet", "a_dataset")}
+    assert read["a.jsonl"] == read["a.parquet"] == read["a_dataset"]
+    assert [e["response"] for e in read["a.jsonl"]] == ["c a t", "d o g", "e m u"]
