@@ -13,6 +13,7 @@ from conftest import read_metrics, run_cli
 from lmlib.data import sources, supervised
 from lmlib.data.supervised import SupervisedData, example_rows, tokenize_example, truncate
 from lmlib.data.tokenizer import load_tokenizer
+from lmlib.errors import ConfigError
 from lmlib.experiment import resolve
 from lmlib.models import LlamaConfig
 from lmlib.train.step import StepConfig, loss_sums
@@ -235,3 +236,18 @@ def test_parquet_and_datasets_directories_give_the_same_examples_as_jsonl(tmp_pa
         "train")[0] for name in ("a.jsonl", "a.parquet", "a_dataset")}
     assert read["a.jsonl"] == read["a.parquet"] == read["a_dataset"]
     assert [e["response"] for e in read["a.jsonl"]] == ["c a t", "d o g", "e m u"]
+
+
+def question_answer(record: dict) -> dict:
+    """A user's preprocessor, named as module:function."""
+    return {"prompt": f"Q: {record['q']}\nA:", "response": f" {record['a']}"}
+
+
+def test_a_preprocessor_given_as_module_function_maps_records(tmp_path):
+    path = write_jsonl(tmp_path / "qa.jsonl", ['{"q": "2+2?", "a": "4"}'])
+    config = SupervisedData(train_urls=str(path), preprocess="test_supervised:question_answer",
+                            validation_fraction=0)
+    assert supervised.read_examples(config, "train")[0] == [{"prompt": "Q: 2+2?\nA:",
+                                                             "response": " 4"}]
+    with pytest.raises(ConfigError, match="data.preprocess='nope': not a registered"):
+        SupervisedData(train_urls=str(path), preprocess="nope")
