@@ -2,6 +2,7 @@
 the tiny SFT experiments through the real CLI."""
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import read_metrics, run_cli
+from conftest import read_metrics, run_cli, train_losses
 from lmlib.data import sources, supervised
 from lmlib.data.supervised import SupervisedData, example_rows, tokenize_example, truncate
 from lmlib.data.tokenizer import load_tokenizer
@@ -208,11 +209,18 @@ def test_tiny_alpaca_through_the_cli_trains_and_its_response_eval_loss_falls(tmp
     assert evals[-1] < evals[0] - 0.1, evals
 
 
-def test_stdlib_sft_demo_through_the_cli_and_a_bad_record_is_exit_2(tmp_path):
-    run_cli("--exp=StdlibSFT", *SFT_RUN, "--set=trainer.num_train_steps=20",
-            "--set=data.layout=padded", f"--workdir={tmp_path / 'run'}")
+def test_stdlib_sft_demo_through_the_cli_resumes_exactly_and_a_bad_record_is_exit_2(tmp_path):
+    demo = ["--exp=StdlibSFT", *SFT_RUN, "--set=trainer.num_train_steps=20",
+            "--set=data.layout=padded", "--set=trainer.checkpoint.save_every_steps=10",
+            f"--workdir={tmp_path / 'run'}"]
+    run_cli(*demo)
     evals = [m["eval/loss"] for m in read_metrics(tmp_path / "run") if "eval/loss" in m]
     assert len(evals) == 2 and evals[-1] < evals[0], evals
+    # Restarted from step 10, the packing iterator resumes where it was: the same losses.
+    whole = train_losses(tmp_path / "run")
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "20")
+    assert "resuming from" in run_cli(*demo).stdout
+    assert train_losses(tmp_path / "run") == whole
 
     bad = write_jsonl(tmp_path / "bad.jsonl", ['{"instruction": "x", "input": ""}'])
     result = run_cli("--exp=JsonlAlpacaTiny", f"--set=data.train_urls={bad}",
