@@ -24,7 +24,7 @@ from lmlib.data import prepare as prepare_lib
 from lmlib.data import sources
 from lmlib.data.tokenizer import SentencePieceTokenizer, Tokenizer, load_tokenizer, \
     train_sentencepiece
-from lmlib.errors import ConfigError
+from lmlib.errors import ConfigError, check_choices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,10 +62,7 @@ class PretrainData:
     def __post_init__(self):
         choices = {"source": ("stdlib", "urls"), "format": ("auto", *sources.READERS),
                    "text_split": ("file", "blank_line"), "on_error": ("stop", "skip")}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ConfigError(f"data.{key}={getattr(self, key)!r}: expected one of "
-                                  f"{', '.join(allowed)}")
+        check_choices(self, "data", choices)
         if self.source == "urls" and not self.train_urls:
             raise ConfigError("data.source=urls needs data.train_urls (comma-separated URLs)")
         if self.source == "stdlib" and (self.train_urls or self.validation_urls):

@@ -26,7 +26,7 @@ from lmlib.data import prepare as prepare_lib
 from lmlib.data import sources
 from lmlib.data.pretrain import PretrainData, TokenizerConfig, model_inputs, stdlib_tokenizer
 from lmlib.data.tokenizer import Tokenizer, load_tokenizer
-from lmlib.errors import ConfigError
+from lmlib.errors import ConfigError, check_choices
 
 Example = dict[str, str]  # {"prompt": ..., "response": ...}
 
@@ -117,10 +117,7 @@ class SupervisedData:
     def __post_init__(self):
         choices = {"source": ("urls", "stdlib"), "format": ("auto", "jsonl", "parquet", "hf"),
                    "layout": ("packed", "padded"), "on_error": ("stop", "skip")}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ConfigError(f"data.{key}={getattr(self, key)!r}: expected one of "
-                                  f"{', '.join(allowed)}")
+        check_choices(self, "data", choices)
         if self.source == "urls" and not self.train_urls:
             raise ConfigError("supervised data needs data.train_urls (comma-separated URLs)")
         if not 0 <= self.validation_fraction < 1:
