@@ -5,7 +5,8 @@
         --set trainer.batch_size=1024 --dry_run
 
 Every host of every slice runs the same `python -m lmlib.main` line; JAX finds its peers from
-the GKE/TPU environment (lmlib.mesh starts jax.distributed). A preempted or failed workload is
+the GKE/TPU environment, GPU nodes from the flags xpk's variables give (lmlib.distributed starts
+jax.distributed). A preempted or failed workload is
 restarted up to --max-restarts times and resumes from its newest checkpoint in --workdir.
 """
 
@@ -37,11 +38,17 @@ def check_tpu_type(tpu_type: str) -> None:
         raise LaunchError(f"--tpu-type={tpu_type!r}: the slice size must be a power of two")
 
 
-def train_command(exp: str, workdir: str, overrides: list[str]) -> str:
-    """The line every host runs."""
+# xpk's GPU workloads name the coordinator, the node count and each node's rank in these
+# variables; lmlib.main takes them as flags (TPU slices need none: JAX reads the TPU environment).
+GPU_PROCESS_FLAGS = ("--coordinator_address=${JAX_COORDINATOR_ADDRESS}:${JAX_COORDINATOR_PORT} "
+                     "--num_processes=${NNODES} --process_id=${NODE_RANK}")
+
+
+def train_command(exp: str, workdir: str, overrides: list[str], gpu: bool = False) -> str:
+    """The line every host runs (GPU: with its process flags, expanded by the host's shell)."""
     args = ["python", "-m", "lmlib.main", f"--exp={exp}", f"--workdir={workdir}"]
     args += [f"--set={o}" for o in overrides]
-    return shlex.join(args)
+    return shlex.join(args) + (f" {GPU_PROCESS_FLAGS}" if gpu else "")
 
 
 def xpk_command(args: argparse.Namespace) -> list[str]:
@@ -50,10 +57,11 @@ def xpk_command(args: argparse.Namespace) -> list[str]:
                           "(checkpoints must outlive the pods)")
     if bool(args.tpu_type) == bool(args.device_type):
         raise LaunchError("give exactly one of --tpu-type (TPU) and --device-type (GPU)")
+    main_line = train_command(args.exp, args.workdir, args.set, gpu=not args.tpu_type)
     command = ["xpk", "workload", "create", f"--cluster={args.cluster}",
                f"--workload={args.workload or default_workload_name(args.exp)}",
                f"--docker-image={args.image}", f"--max-restarts={args.max_restarts}",
-               f"--command={train_command(args.exp, args.workdir, args.set)}"]
+               f"--command={main_line}"]
     if args.tpu_type:
         check_tpu_type(args.tpu_type)
         command += [f"--tpu-type={args.tpu_type}", f"--num-slices={args.num_slices}"]

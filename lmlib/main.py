@@ -3,6 +3,10 @@
 Modes: train (default), eval (loss and perplexity on the eval split), dry_run (build and compile
 one step, report memory per device, train nothing), show (the resolved config and derived
 numbers, nothing allocated), list (the registered experiments).
+
+Several processes (hosts) join one run through jax.distributed: on GKE TPU slices, multi-slice
+jobs and SLURM the environment says how; elsewhere pass --coordinator_address, --num_processes
+and --process_id to every process.
 """
 
 from __future__ import annotations
@@ -17,17 +21,24 @@ FLAGS = flags.DEFINE_string("exp", None, "Registered experiment name (--mode=lis
 flags.DEFINE_multi_string("set", [], "Override a config field: --set trainer.batch_size=64.")
 flags.DEFINE_string("workdir", None, "Run directory: metrics.jsonl, tensorboard/, config.")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "dry_run", "show", "list"], "What to do.")
+# Multi-process runs where the environment does not say (GKE TPU, multi-slice and SLURM do):
+# every process gets the same address and count, and its own id.
+flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (jax.distributed).")
+flags.DEFINE_integer("num_processes", None, "Processes in the run (jax.distributed).")
+flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
 
 
 def run(argv: list[str]) -> None:
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments {argv[1:]}; options take the form --name=value")
-    from lmlib import experiment, runner
+    from lmlib import distributed, experiment, runner
 
     mode = flags.FLAGS.mode
     if mode == "list":
         print(runner.list_experiments())
         return
+    distributed.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
+                           flags.FLAGS.process_id)
     if not flags.FLAGS.exp:
         raise ConfigError("--exp is required (--mode=list lists the experiments)")
     config = experiment.resolve(flags.FLAGS.exp, flags.FLAGS.set)

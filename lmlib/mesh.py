@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lmlib.errors import ConfigError
@@ -79,10 +80,34 @@ class MeshConfig:
 
 
 def make_mesh(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The (data, fsdp, tensor) mesh over `devices` (default: every device of every process).
+
+    On a multi-slice TPU job the data axis spans the slices and fsdp and tensor stay inside each
+    slice: slices talk over the data-centre network (DCN), far slower than the links inside a
+    slice (ICI), and data parallelism sends the least over it (one gradient reduction per step).
+    Across GPU or CPU hosts the outer axis (data) spans the hosts by the same row-major order.
+    """
     devices = list(devices if devices is not None else jax.devices())
     sizes = config.resolve(len(devices))
-    shape = tuple(sizes[a] for a in MESH_AXES)
-    device_array = np.asarray(devices).reshape(shape)
+    num_slices = len({getattr(d, "slice_index", 0) for d in devices})
+    if num_slices > 1:
+        if sizes["data"] % num_slices:
+            raise ConfigError(
+                f"trainer.mesh.data={sizes['data']}: the run spans {num_slices} TPU slices and "
+                f"data parallelism goes across them; set trainer.mesh.data to a multiple of "
+                f"{num_slices}")
+        device_array = mesh_utils.create_hybrid_device_mesh(
+            (sizes["data"] // num_slices, sizes["fsdp"], sizes["tensor"]), (num_slices, 1, 1),
+            devices, allow_split_physical_axes=True)
+    else:  # on a TPU, an order that follows the physical links; elsewhere, devices reshaped
+        device_array = mesh_utils.create_device_mesh(
+            tuple(sizes[a] for a in MESH_AXES), devices, allow_split_physical_axes=True)
+    # Each process feeds its own rows of the batch; the tensor group of a row must therefore
+    # live in one process (one host), or several processes would have to feed the same rows.
+    processes = np.vectorize(lambda d: d.process_index)(device_array)
+    if (processes != processes[..., :1]).any():
+        raise ConfigError(f"trainer.mesh.tensor={sizes['tensor']} spans several processes; "
+                          "keep tensor parallelism within one host")
     return Mesh(device_array, MESH_AXES)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jax
 from etils import epath
+from jax.experimental import multihost_utils
 
 from lmlib import experiment, hf, multiple_choice
 from lmlib.errors import ConfigError
@@ -62,8 +63,14 @@ def hf_export_hook(trainer: Trainer, root: epath.Path):
     tokenizer = trainer.data.tokenizer
 
     def write(step: int, state) -> None:
+        # Every process takes part in gathering the sharded parameters (one tensor at a time,
+        # so a device holds at most one whole tensor more); process 0 alone writes them.
+        params = jax.tree.map(lambda x: multihost_utils.process_allgather(x, tiled=True),
+                              state.params)
+        if jax.process_index() != 0:
+            return
         out = StagedDirectory(root / f"step_{step:06d}")  # hf writes local files only
-        hf.save_hf(out.local, trainer.config.model, jax.device_get(state.params),
+        hf.save_hf(out.local, trainer.config.model, params,
                    dtype=export.dtype, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
         if getattr(tokenizer, "model_proto", None):
             hf.save_hf_tokenizer(out.local, tokenizer.model_proto)

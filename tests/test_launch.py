@@ -30,7 +30,15 @@ def test_tpu_and_gpu_commands_name_image_topology_workdir_and_the_exact_main_lin
 
     gpu = launch(*COMMON, "--device-type=h100-80gb-8", "--num-nodes=4")
     assert gpu.returncode == 0, gpu.stderr
-    assert {"--device-type=h100-80gb-8", "--num-nodes=4"} <= set(shlex.split(gpu.stdout))
+    words = shlex.split(gpu.stdout)
+    assert {"--device-type=h100-80gb-8", "--num-nodes=4"} <= set(words)
+    command = next(w for w in words if w.startswith("--command="))
+    # Each GPU node's shell fills in the coordinator, the node count and its rank.
+    assert shlex.split(command.removeprefix("--command=")) == [
+        "python", "-m", "lmlib.main", "--exp=Llama2_7B", "--workdir=gs://bucket/runs/7b",
+        "--set=trainer.batch_size=1024",
+        "--coordinator_address=${JAX_COORDINATOR_ADDRESS}:${JAX_COORDINATOR_PORT}",
+        "--num_processes=${NNODES}", "--process_id=${NODE_RANK}"]
 
 
 def test_bad_topologies_are_clear_errors():

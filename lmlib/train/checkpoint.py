@@ -3,7 +3,8 @@
 A checkpoint has two items:
     state   TrainState (params, optimizer state, step), every array saved and restored sharded,
             so no host holds the whole model and a checkpoint restores onto any mesh
-    meta    JSON: step, the data iterator's state, the resolved config, the model config's type
+    meta    JSON: step, the data iterator's state of every process (a list, in process order),
+            the resolved config, the model config's type
 Two policies at once (as Levanter): a temporary checkpoint every `save_interval` of wall time,
 of which only the newest is kept, and a permanent one every `save_every_steps` steps.
 Orbax writes into a temporary directory and renames it when complete (on GCS, where a rename is
@@ -21,10 +22,12 @@ import os
 import re
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
+from lmlib import distributed
 from lmlib.errors import ConfigError
 from lmlib.models import Gpt2Config, LlamaConfig, ModelConfig
 from lmlib.tree_util import flatten_dict
@@ -114,8 +117,12 @@ class Checkpointer:
 
     def save(self, step: int, state, data_state: dict, config: dict, model_type: str,
              force: bool = False) -> bool:
-        """Saves if a policy says so (or `force`); returns whether a save started."""
-        meta = {"step": step, "data": data_state, "config": config, "model_type": model_type}
+        """Saves if a policy says so (or `force`); returns whether a save started.
+
+        Every process calls it: each writes its shards of the arrays, and process 0 writes the
+        meta item, with every process's `data_state` gathered into it."""
+        meta = {"step": step, "data": distributed.allgather_json(data_state), "config": config,
+                "model_type": model_type}
         return self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
 
@@ -132,6 +139,21 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def process_data_state(meta: dict) -> dict:
+    """This process's data iterator state from a checkpoint's meta."""
+    # A dict: written before the states of all processes were kept, by a one-process run.
+    states = meta["data"] if isinstance(meta["data"], list) else [meta["data"]]
+    if len(states) == jax.process_count():
+        return states[jax.process_index()]
+    # Processes that read one shared stream (lmlib.data.pretrain) hold the same state, which
+    # resumes on any number of processes.
+    if all(state == states[0] for state in states):
+        return states[0]
+    raise ConfigError(f"the checkpoint holds the data positions of {len(states)} processes that "
+                      f"read different data; resume it on {len(states)} processes, not "
+                      f"{jax.process_count()}")
 
 
 def config_json(config) -> dict:
