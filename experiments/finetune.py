@@ -67,6 +67,20 @@ class Llama2_7BAlpaca(Llama7BAlpaca):
 
 
 @register
+class FinetuneHF(Experiment):
+    """SFT any HF Llama/Mistral/Qwen2/GPT-2: --set init_from=DIR_OR_HUB_ID data.train_urls=..."""
+
+    def data(self):
+        return SupervisedData(train_urls="data/sft*.jsonl")
+
+    def optimizer(self):
+        return ALPACA_OPTIMIZER
+
+    def trainer(self):
+        return TrainerConfig(num_train_steps=1000, batch_size=32, eval_every=100)
+
+
+@register
 class StdlibSFT(StdlibLlama):
     """SFT demo: the demo Llama learns to write stdlib docstrings from signatures (CPU, minutes)."""
 

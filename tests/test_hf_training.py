@@ -86,3 +86,66 @@ def test_a_larger_vocabulary_grows_the_embedding_with_the_mean_row(hf_dir):
         np.testing.assert_allclose(np.take(grown, [4096, 4097], axis=axis),
                                    np.repeat(old.mean(axis=axis, keepdims=True), 2, axis=axis),
                                    rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def hf_dir_without_pad(tmp_path_factory):
+    """A tiny random HF Llama whose sentencepiece tokenizer has no pad token (as Llama's)."""
+    import io
+    import json
+
+    import sentencepiece as spm
+
+    from lmlib.data import sources
+
+    directory = tmp_path_factory.mktemp("hf_llama_no_pad")
+    lines = [line for path in sources.stdlib_files("train")[:40]
+             for line in sources.read_text(path).splitlines() if line.strip()]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, vocab_size=512, model_type="bpe",
+        byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+    config = transformers.LlamaConfig(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        tie_word_embeddings=False)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(directory)
+    hf.save_hf_tokenizer(directory, model.getvalue())
+    records = [{"instruction": f"Reverse {w}.", "input": "", "output": w[::-1]}
+               for w in ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta")]
+    (directory / "alpaca_data.json").write_text(json.dumps(records * 4, indent=2))
+    return directory
+
+
+def test_alpaca_style_sft_from_hf_adds_a_pad_row_and_starts_at_transformers_loss(
+        hf_dir_without_pad, tmp_path):
+    overrides = [f"init_from={hf_dir_without_pad}",
+                 f"data.train_urls={hf_dir_without_pad / 'alpaca_data.json'}",
+                 f"data.validation_urls={hf_dir_without_pad / 'alpaca_data.json'}",
+                 "data.preprocess=tatsu-lab/alpaca", "trainer.num_train_steps=1",
+                 "trainer.batch_size=4", "trainer.precision=p=f32,c=f32",
+                 "trainer.eval_batches=1", "trainer.hf_export.every_steps=1",
+                 "trainer.hf_export.dtype=float32"]
+    out = run_cli("--exp=FinetuneHF", *(f"--set={o}" for o in overrides),
+                  f"--workdir={tmp_path}").stdout
+    assert "model.vocab_size: 512 -> 513 (the tokenizer has no pad token" in out
+    assert "resizing the vocabulary from 512 to 513" in out
+
+    # transformers, with the row added the same way, gives the first step's loss on its batch.
+    config = experiment.resolve("FinetuneHF", overrides)
+    trainer = Trainer(config)
+    batch = next(trainer.train_iterator())
+    assert 0 < batch["weights"].sum() < (batch["segment_ids"] > 0).sum()  # responses only
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir_without_pad,
+                                                              dtype=torch.float32)
+    model.resize_token_embeddings(513, mean_resizing=False)
+    with torch.no_grad():
+        for table in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+            table[512] = table[:512].mean(0)
+    assert train_losses(tmp_path)[1] == pytest.approx(hf_loss(model, batch), abs=1e-4)
+
+    # The export has the pad token at the new row.
+    exported = tmp_path / "hf" / "step_000001"
+    assert transformers.AutoConfig.from_pretrained(exported).vocab_size == 513
+    assert transformers.AutoTokenizer.from_pretrained(exported).pad_token_id == 512

@@ -296,12 +296,13 @@ def prepare_supervised(config: SupervisedData, seq_len: int) -> SupervisedExampl
         tokenized = [truncate(tokenize_example(tokenizer, e), seq_len + 1, counts)
                      for e in examples]
         splits[split] = [e for e in tokenized if e is not None]
+        summary = (f"{counts.examples:,} examples, {counts.tokens:,} tokens "
+                   f"({counts.response_tokens / max(counts.tokens, 1):.0%} response); "
+                   f"{counts.truncated:,} truncated at seq_len={seq_len}, {counts.dropped:,} "
+                   "dropped (prompt alone fills seq_len)")
         if not splits[split]:
-            raise ConfigError(f"supervised data: no {split} examples (after skips and drops)")
-        print(f"data: {split}: {counts.examples:,} examples, {counts.tokens:,} tokens "
-              f"({counts.response_tokens / counts.tokens:.0%} response); {counts.truncated:,} "
-              f"truncated at seq_len={seq_len}, {counts.dropped:,} dropped (prompt alone fills "
-              "seq_len)", flush=True)
+            raise ConfigError(f"supervised data: no {split} examples left: {summary}")
+        print(f"data: {split}: {summary}", flush=True)
     return SupervisedExamples(tokenizer, splits, config.layout)
 
 
