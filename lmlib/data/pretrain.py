@@ -307,6 +307,12 @@ def packed_dataset(shard_paths: list[str], *, seq_len: int, batch_size: int, see
     if shuffle and row_shuffle_window > 1:
         rows = grain.experimental.WindowShuffleIterDataset(
             rows, window_size=row_shuffle_window, seed=seed)
+    return process_batches(rows, batch_size, process_index, process_count)
+
+
+def process_batches(rows: grain.IterDataset, batch_size: int, process_index: int,
+                    process_count: int) -> grain.IterDataset:
+    """Global batches of `batch_size * process_count` rows -> this process's block of each."""
     batches = rows.batch(batch_size * process_count, drop_remainder=True)
     if process_count == 1:
         return batches

@@ -5,9 +5,10 @@
          (LLM Foundry style) or given as module:function
       -> tokens [BOS] prompt response [EOS], loss mask 1 on the response and EOS
       -> truncated from the response end to seq_len + 1 tokens (counted and reported)
-      -> Grain: shuffle -> this process's slice -> rows, "packed" (several examples per row,
+      -> Grain: shuffle -> rows, "packed" (several examples per row,
          first fit, never split) or "padded" (one per row) -> the pretraining pipeline's model
-         inputs, whose loss weights are the targets' loss mask
+         inputs, whose loss weights are the targets' loss mask -> global batches -> this
+         process's block of each
 Examples are tokenized in memory when the run starts: SFT sets are small (Alpaca: 52k examples,
 a few seconds).
 """
@@ -24,7 +25,8 @@ import numpy as np
 
 from lmlib.data import prepare as prepare_lib
 from lmlib.data import sources
-from lmlib.data.pretrain import PretrainData, TokenizerConfig, model_inputs, stdlib_tokenizer
+from lmlib.data.pretrain import PretrainData, TokenizerConfig, model_inputs, process_batches, \
+    stdlib_tokenizer
 from lmlib.data.tokenizer import Tokenizer, load_tokenizer
 from lmlib.errors import ConfigError, check_choices
 
@@ -309,19 +311,21 @@ def prepare_supervised(config: SupervisedData, seq_len: int) -> SupervisedExampl
 def example_rows(examples: Sequence[dict[str, np.ndarray]], *, seq_len: int, batch_size: int,
                  seed: int, shuffle: bool, repeat: bool, layout: str, pad_id: int,
                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-    """Batches of rows of seq_len + 1 tokens, each holding whole examples: several ("packed",
-    first fit) or one ("padded"), padding with segment 0, which nothing attends to or learns."""
+    """This process's batches of rows of seq_len + 1 tokens, each holding whole examples:
+    several ("packed", first fit) or one ("padded"), padding with segment 0, which nothing
+    attends to or learns. As in pretraining, every process builds the same global batches and
+    keeps its block, so a run is the same on any number of processes."""
     dataset = grain.MapDataset.source(list(examples))
     if shuffle:
         dataset = dataset.shuffle(seed=seed)
     if repeat:
         dataset = dataset.repeat()
-    dataset = dataset[process_index::process_count]
     length = {"tokens": seq_len + 1, "loss_mask": seq_len + 1}
+    global_batch = batch_size * process_count
     # More bins than rows per batch: an example that fits no open bin closes them all.
     rows = grain.experimental.FirstFitPackIterDataset(
         dataset.to_iter_dataset(), length_struct=length,
-        num_packing_bins=max(2 * batch_size, 16) if layout == "packed" else batch_size,
+        num_packing_bins=max(2 * global_batch, 16) if layout == "packed" else global_batch,
         max_sequences_per_bin=None if layout == "packed" else 1, shuffle_bins=shuffle, seed=seed,
         padding_struct={"tokens": pad_id, "loss_mask": 0})
-    return rows.map(model_inputs).batch(batch_size, drop_remainder=True)
+    return process_batches(rows.map(model_inputs), batch_size, process_index, process_count)

@@ -121,6 +121,20 @@ def test_packed_and_padded_rows_give_the_same_per_example_losses(model, examples
         assert packed_losses[key] == pytest.approx(padded_losses[key], rel=1e-5, abs=1e-5)
 
 
+def test_two_processes_read_disjoint_halves_of_the_one_process_batches(examples, tokenizer):
+    def first_batches(**process):
+        dataset = example_rows(examples, seq_len=63, batch_size=4 // process["process_count"],
+                               seed=0, shuffle=True, repeat=True, layout="packed",
+                               pad_id=tokenizer.pad_id, **process)
+        iterator = iter(dataset)
+        return [next(iterator)["tokens"] for _ in range(3)]
+
+    whole = first_batches(process_index=0, process_count=1)
+    halves = [first_batches(process_index=i, process_count=2) for i in (0, 1)]
+    for step, batch in enumerate(whole):
+        np.testing.assert_array_equal(np.concatenate([halves[0][step], halves[1][step]]), batch)
+
+
 def test_prompt_targets_never_weigh_in_and_an_all_prompt_batch_contributes_zero(
         model, examples, tokenizer):
     batch = rows(examples, "packed", tokenizer.pad_id)[0]
