@@ -45,8 +45,8 @@ class PretrainData:
     train_urls: str = ""
     validation_urls: str = ""  # "" = hold out validation_fraction of the train documents
     validation_fraction: float = 0.01  # of the documents, chosen by a hash of their text
-    format: str = "auto"  # auto (by extension; a save_to_disk directory is hf), jsonl, text,
-    #                       parquet, hf
+    format: str = "auto"  # auto (by extension; a save_to_disk directory is hf, a TFDS
+    #                       dataset version directory is tfds), jsonl, text, parquet, hf, tfds
     text_key: str = "text"  # the JSONL key, or the Parquet / `datasets` column, of the text
     text_split: str = "file"  # plain text: one document per "file" or per "blank_line" block
     on_error: str = "stop"  # a bad record stops with file:line: reason; "skip" counts them

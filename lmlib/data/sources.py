@@ -6,14 +6,16 @@ need no download. Files are split into train and eval by a hash of their path, s
 the same on every run and every machine with the same Python.
 
 Your own files are URLs read through fsspec (local paths, gs://, s3://, http(s)://), with brace
-expansion and globs, decompressed by extension; readers turn JSONL, plain text, Parquet and
-Hugging Face `datasets` into documents and report a bad record as `file:line: reason`.
+expansion and globs, decompressed by extension; readers turn JSONL, plain text, Parquet,
+Hugging Face `datasets` and TFDS datasets (array_record, read without TensorFlow) into documents
+and report a bad record as `file:line: reason`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import io
 import itertools
@@ -135,7 +137,10 @@ def expand_url(url: str, format: str = "auto") -> list[str]:
         return [url]
     files = []
     for expanded in braceexpand.braceexpand(url):
-        fs, path = fsspec.core.url_to_fs(expanded)
+        try:
+            fs, path = fsspec.core.url_to_fs(expanded)
+        except ImportError as e:  # e.g. s3:// without s3fs installed
+            raise ConfigError(f"{url}: {e}") from None
         if _GLOB_CHARS & set(path):
             matches = sorted(fs.glob(path))
         else:
@@ -154,8 +159,11 @@ def detect_format(url: str) -> str:
         names = {Path(p).name for p in fs.ls(path, detail=False)}
         if names & {"state.json", "dataset_dict.json"}:
             return "hf"
-        raise ConfigError(f"{url}: a directory that is not a Hugging Face `save_to_disk` "
-                          "dataset; name its files (e.g. dir/*.jsonl)")
+        if {"dataset_info.json", "features.json"} <= names:
+            return "tfds"
+        raise ConfigError(f"{url}: a directory that is neither a Hugging Face `save_to_disk` "
+                          "dataset nor a TFDS dataset version (dataset_info.json); name its files "
+                          "(e.g. dir/*.jsonl)")
     name = Path(path).name
     for suffix in _COMPRESSIONS:
         name = name.removesuffix(suffix)
@@ -193,7 +201,7 @@ class ReadOptions:
     text_key: str = "text"
     text_split: str = "file"  # plain text: "file" or "blank_line"
     on_error: str = "stop"  # or "skip"
-    hf_split: str = "train"  # the split of a `datasets` DatasetDict or hub dataset
+    split_name: str = "train"  # the split of a `datasets` or TFDS dataset
 
 
 class SkipCounter:
@@ -216,7 +224,7 @@ def read_documents(url: str, split: str, skipped: SkipCounter, options: ReadOpti
     """The documents of one input of a split ("train" or "eval"). Bad records stop with
     `file:line: reason`, or are counted in `skipped` where options.on_error is "skip"."""
     format = detect_format(url) if options.format == "auto" else options.format
-    options = dataclasses.replace(options, hf_split="validation" if split == "eval" else "train")
+    options = dataclasses.replace(options, split_name=_SPLIT_NAMES[split])
     for line, text, reason in READERS[format](url, options):
         if reason is None:
             yield text
@@ -225,6 +233,9 @@ def read_documents(url: str, split: str, skipped: SkipCounter, options: ReadOpti
         else:
             raise DataError(f"{url}:{line}: {reason}")
 
+
+# What a `datasets` or TFDS dataset calls our splits.
+_SPLIT_NAMES = {"train": "train", "eval": "validation"}
 
 # A reader yields (line, text, None) per document or (line, None, reason) per bad record.
 Record = tuple[int, "str | None", "str | None"]
@@ -305,15 +316,16 @@ def read_records(url: str, split: str, options: ReadOptions
             rows = (row for batch in pq.ParquetFile(file).iter_batches()
                     for row in batch.to_pylist())
             yield from ((number, row, None) for number, row in enumerate(rows, 1))
-    elif format == "hf":
-        dataset = _hf_dataset(url, "validation" if split == "eval" else "train")
+    elif format in _DATASET_DIRS:
+        dataset = _DATASET_DIRS[format](url, _SPLIT_NAMES[split])
         if isinstance(dataset, str):
             yield 1, None, dataset
         else:
-            yield from ((number, row, None) for number, row in enumerate(dataset, 1))
+            rows = dataset if format == "hf" else map(_decoded_text, dataset)
+            yield from ((number, row, None) for number, row in enumerate(rows, 1))
     else:
         raise DataError(f"{url}: a {format} file holds documents, not records; use JSONL, "
-                        "Parquet or a `datasets` directory")
+                        "Parquet, a `datasets` directory or a TFDS dataset")
 
 
 def _read_text(url: str, options: ReadOptions) -> Iterator[Record]:
@@ -341,6 +353,11 @@ _BLANK_LINES = re.compile(r"(\n[ \t]*\n+)")
 def _text_or_reason(value, key: str) -> tuple[str | None, str | None]:
     if isinstance(value, str):
         return value, None
+    if isinstance(value, bytes):  # TFDS stores Text features as UTF-8 bytes
+        try:
+            return value.decode("utf-8"), None
+        except UnicodeDecodeError as e:
+            return None, f"{key!r} is not UTF-8 ({e.reason} at byte {e.start})"
     return None, f"{key!r} is {type(value).__name__}, not a string"
 
 
@@ -381,15 +398,62 @@ def _hf_dataset(url: str, split: str):
     return dataset
 
 
-def _read_hf(url: str, options: ReadOptions) -> Iterator[Record]:
-    dataset = _hf_dataset(url, options.hf_split)
+def _tfds_dataset(url: str, split: str):
+    """A TFDS dataset version directory's split, read without TensorFlow (array_record files
+    only), as a sequence of feature dicts; or the reason there is none."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder_from_directory(url)
+    if builder.info.file_format.value != "array_record":
+        return (f"stored as {builder.info.file_format.value}; lmlib reads TFDS datasets stored "
+                "as array_record (tfds build --file_format=array_record), without TensorFlow")
+    if split not in builder.info.splits:
+        return f"no {split!r} split (it has {', '.join(builder.info.splits)})"
+    return _Rows(builder.as_data_source(split=split), list(builder.info.features.keys()))
+
+
+class _Rows:
+    """A random-access source (TFDS) read in order, a batch of records at a time."""
+
+    def __init__(self, source, column_names: list[str]):
+        self.source, self.column_names = source, column_names
+
+    def batches(self, size: int = 1000) -> Iterator[list[dict]]:
+        for start in range(0, len(self.source), size):
+            yield self.source.__getitems__(list(range(start, min(start + size, len(self.source)))))
+
+    def __iter__(self) -> Iterator[dict]:
+        return itertools.chain.from_iterable(self.batches())
+
+
+def _decoded_text(row: dict) -> dict:
+    """TFDS Text features are UTF-8 bytes: as str, they read as any other format's fields."""
+    decoded = dict(row)
+    for key, value in row.items():
+        if isinstance(value, bytes):
+            with contextlib.suppress(UnicodeDecodeError):
+                decoded[key] = value.decode("utf-8")
+    return decoded
+
+
+_DATASET_DIRS = {"hf": _hf_dataset, "tfds": _tfds_dataset}
+
+
+def _read_dataset_dir(url: str, options: ReadOptions, format: str) -> Iterator[Record]:
+    dataset = _DATASET_DIRS[format](url, options.split_name)
     if isinstance(dataset, str):
         yield 1, None, dataset
         return
     key = options.text_key
-    batches = (b[key] for b in dataset.select_columns([key]).iter(1000)) \
-        if key in dataset.column_names else ()
+    if key not in dataset.column_names:
+        batches = ()
+    elif format == "hf":
+        batches = (b[key] for b in dataset.select_columns([key]).iter(1000))
+    else:
+        batches = ([row[key] for row in rows] for rows in dataset.batches())
     yield from _read_columns(url, key, dataset.column_names, batches)
 
 
-READERS = {"jsonl": _read_jsonl, "text": _read_text, "parquet": _read_parquet, "hf": _read_hf}
+READERS = {"jsonl": _read_jsonl, "text": _read_text, "parquet": _read_parquet,
+           "hf": functools.partial(_read_dataset_dir, format="hf"),
+           "tfds": functools.partial(_read_dataset_dir, format="tfds")}

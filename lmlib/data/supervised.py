@@ -109,7 +109,7 @@ class SupervisedData:
     train_urls: str = ""  # comma-separated: JSONL, Parquet, a `datasets` directory or hub id
     validation_urls: str = ""  # "" = hold out validation_fraction of the train examples
     validation_fraction: float = 0.05  # chosen by a hash of the prompt and response
-    format: str = "auto"  # auto (by extension), jsonl, parquet, hf
+    format: str = "auto"  # auto (by extension or layout), jsonl, parquet, hf, tfds
     preprocess: str = ""  # record -> prompt/response: "" (already), tatsu-lab/alpaca, mod:fn
     layout: str = "packed"  # packed: several examples per row; padded: one per row
     on_error: str = "stop"  # a bad record stops with file:line: reason; "skip" counts them
@@ -117,7 +117,7 @@ class SupervisedData:
     cache_dir: str = ""  # the demo's trained tokenizer; "" = $LMLIB_CACHE or ~/.cache/lmlib
 
     def __post_init__(self):
-        choices = {"source": ("urls", "stdlib"), "format": ("auto", "jsonl", "parquet", "hf"),
+        choices = {"source": ("urls", "stdlib"), "format": ("auto", "jsonl", "parquet", "hf", "tfds"),
                    "layout": ("packed", "padded"), "on_error": ("stop", "skip")}
         check_choices(self, "data", choices)
         if self.source == "urls" and not self.train_urls:

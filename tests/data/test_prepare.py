@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import gzip
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
@@ -79,7 +84,42 @@ def write_jsonl(path: Path, documents: list[str]) -> None:
         path.write_bytes(zstandard.ZstdCompressor().compress(data.encode()))
 
 
-def test_jsonl_parquet_and_datasets_give_the_same_tokens(tmp_path, corpus, tokenizer):
+def write_tfds(directory: Path, documents: list[str]) -> Path:
+    """A TFDS dataset stored as array_record (TFDS writes it without TensorFlow too)."""
+    import tensorflow_datasets as tfds
+
+    class StdlibSnippets(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text()}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            yield from ((i, {"text": text}) for i, text in enumerate(documents))
+
+    builder = StdlibSnippets(data_dir=str(directory), file_format="array_record")
+    builder.download_and_prepare()
+    return Path(builder.data_dir)
+
+
+@contextlib.contextmanager
+def http_server(directory: Path) -> Iterator[str]:
+    """A real HTTP server on localhost serving `directory`: its base URL."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def test_every_format_and_http_give_the_same_tokens(tmp_path, corpus, tokenizer):
     import datasets
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -88,18 +128,23 @@ def test_jsonl_parquet_and_datasets_give_the_same_tokens(tmp_path, corpus, token
     write_jsonl(tmp_path / "part.001.jsonl.zst", corpus[30:])
     pq.write_table(pa.table({"text": corpus}), tmp_path / "all.parquet")
     datasets.Dataset.from_dict({"text": corpus}).save_to_disk(str(tmp_path / "hf"))
+    tfds_dir = write_tfds(tmp_path / "tfds", corpus)
 
     prepared = {}
-    for name, urls in {"jsonl": "part.{000..001}.jsonl.*", "parquet": "all.parquet",
-                       "hf": "hf"}.items():
-        out = tmp_path / f"prepared-{name}"
-        stdout = prepare_tool(*data_flags(tmp_path, tokenizer, f"{tmp_path}/{urls}",
-                                          f"--set=data.prepared_dir={out}")).stdout
-        assert "holding out 20.00% of the train documents" in stdout
-        prepared[name] = records(out)
+    with http_server(tmp_path) as base:
+        for name, urls in {"jsonl": f"{tmp_path}/part.{{000..001}}.jsonl.*",
+                           "http": f"{base}/part.{{000.jsonl.gz,001.jsonl.zst}}",
+                           "parquet": f"{tmp_path}/all.parquet", "hf": f"{tmp_path}/hf",
+                           "tfds": str(tfds_dir)}.items():
+            out = tmp_path / f"prepared-{name}"
+            stdout = prepare_tool(*data_flags(tmp_path, tokenizer, urls,
+                                              f"--set=data.prepared_dir={out}")).stdout
+            assert "holding out 20.00% of the train documents" in stdout
+            prepared[name] = records(out)
     assert sum(len(docs) for docs in prepared["jsonl"].values()) == len(corpus)
     assert 0 < len(prepared["jsonl"]["eval"]) < len(corpus) / 2
-    assert prepared["jsonl"] == prepared["parquet"] == prepared["hf"]
+    for name in ("http", "parquet", "hf", "tfds"):
+        assert prepared[name] == prepared["jsonl"], name
 
 
 def test_prepare_is_idempotent_and_resumes_after_a_kill(tmp_path, corpus, tokenizer):
