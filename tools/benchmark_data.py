@@ -5,7 +5,7 @@
 prepare: the embedded corpus's train documents written as JSONL files, tokenized by lmlib's
 prepare (processes over files, ArrayRecord shards, manifest) with the demo's tokenizer exported
 as a Hugging Face tokenizer.json, against the same files read line by line and encoded with
-`tokenizers`' `encode_batch` (Rust threads over all cores) in a plain loop. Both count the
+`tokenizers`' `encode_batch_fast` (Rust threads over all cores) in a plain loop. Both count the
 documents' own tokens (prepare's BOS/EOS frames aside) and report tokens/s per core.
 
 loader: batches/s of the Grain pipeline the Trainer reads (shuffle, pack, model inputs, batch)
@@ -29,9 +29,9 @@ from lmlib.data import sources
 from lmlib.data.pretrain import PretrainData, prepare_data, stdlib_tokenizer
 
 
-def write_jsonl_corpus(directory: Path, num_files: int) -> list[str]:
-    """The embedded corpus's train documents as `num_files` JSONL files."""
-    documents = [sources.read_text(p) for p in sources.stdlib_files("train")]
+def write_jsonl_corpus(directory: Path, num_files: int, copies: int = 1) -> list[str]:
+    """The embedded corpus's train documents, `copies` times over, as `num_files` JSONL files."""
+    documents = [sources.read_text(p) for p in sources.stdlib_files("train")] * copies
     paths = [directory / f"stdlib.{i:03d}.jsonl" for i in range(num_files)]
     for i, path in enumerate(paths):
         path.write_text("".join(json.dumps({"text": d}) + "\n" for d in documents[i::num_files]))
@@ -52,7 +52,7 @@ def time_prepare(files: list[str], tokenizer_json: str, workers: int, out: Path
 
 
 def time_tokenizers(files: list[str], tokenizer_json: str, chunk: int = 256) -> tuple[int, float]:
-    """(tokens, seconds) of the peer: read JSONL lines, `encode_batch` them, count ids."""
+    """(tokens, seconds) of the peer: read JSONL lines, batch-encode them, count ids."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(tokenizer_json)
@@ -62,19 +62,19 @@ def time_tokenizers(files: list[str], tokenizer_json: str, chunk: int = 256) -> 
         with open(file) as f:
             texts = [json.loads(line)["text"] for line in f]
         for i in range(0, len(texts), chunk):
-            tokens += sum(len(e.ids) for e in
-                          tokenizer.encode_batch(texts[i:i + chunk], add_special_tokens=False))
+            tokens += sum(len(e.ids) for e in tokenizer.encode_batch_fast(
+                texts[i:i + chunk], add_special_tokens=False))
     return tokens, time.perf_counter() - start
 
 
-def bench_prepare(repeats: int, workers: int, num_files: int) -> None:
+def bench_prepare(repeats: int, workers: int, num_files: int, copies: int) -> None:
     from lmlib import hf
 
     cores = os.cpu_count() or 1
     workers = workers or cores
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        files = write_jsonl_corpus(tmp, num_files)
+        files = write_jsonl_corpus(tmp, num_files, copies)
         hf.save_hf_tokenizer(tmp / "hf", stdlib_tokenizer(PretrainData()).read_bytes())
         tokenizer_json = str(tmp / "hf" / "tokenizer.json")
         lmlib_runs, peer_runs = [], []
@@ -87,29 +87,32 @@ def bench_prepare(repeats: int, workers: int, num_files: int) -> None:
     tokens = lmlib_runs[0][0]
     rates = {}
     for name, runs, used in (("lmlib prepare", lmlib_runs, workers),
-                             ("tokenizers encode_batch", peer_runs, cores)):
+                             ("tokenizers batch encode", peer_runs, cores)):
         per_core = [tokens / seconds / used for _, seconds in runs]
         rates[name] = statistics.median(per_core)
         print(f"{name:>24}: {rates[name]:,.0f} tokens/s per core (median of {repeats}, "
               f"{min(per_core):,.0f}-{max(per_core):,.0f}; {used} cores, {tokens:,} tokens, "
               f"{num_files} files)", flush=True)
     print(f"prepare / tokenizers per core: "
-          f"{rates['lmlib prepare'] / rates['tokenizers encode_batch']:.2f}x", flush=True)
+          f"{rates['lmlib prepare'] / rates['tokenizers batch encode']:.2f}x", flush=True)
 
 
-def loader_batches_per_sec(seq_len: int, batch_size: int, batches: int) -> float:
-    """Batches/s of the Trainer's pipeline over the prepared embedded corpus."""
+def loader_batches_per_sec(seq_len: int, batch_size: int, windows: int) -> float:
+    """Batches/s of the Trainer's pipeline over the prepared embedded corpus, timed over
+    `windows` row-shuffle windows: rows come out of a full window in a burst, then the next
+    window is packed, so only whole windows give the rate."""
     data = prepare_data(PretrainData())
     iterator = iter(data.dataset("train", seq_len=seq_len, batch_size=batch_size, seed=0,
                                  shuffle=True, repeat=True))
-    next(iterator)  # opening the shards and the first shuffle window are start-up, not rate
+    next(iterator)  # opening the shards is start-up, not rate
+    batches = windows * data.row_shuffle_window // batch_size
     start = time.perf_counter()
     for _ in range(batches):
         next(iterator)
     return batches / (time.perf_counter() - start)
 
 
-def bench_loader(batches: int) -> None:
+def bench_loader(windows: int) -> None:
     import jax
 
     from lmlib.experiment import resolve
@@ -119,7 +122,7 @@ def bench_loader(batches: int) -> None:
 
     demo = resolve("StdlibLlama")
     seq, batch = demo.model.seq_len, demo.trainer.batch_size
-    loader = loader_batches_per_sec(seq, batch, batches)
+    loader = loader_batches_per_sec(seq, batch, windows)
     step = bench_lmlib(demo.model, batch, steps=10, warmup=3, bf16=True)
     needed = 1 / step["step_seconds"]
     print(f"demo ({batch}x{seq}): loader {loader:,.1f} batches/s, the step consumes "
@@ -127,7 +130,7 @@ def bench_loader(batches: int) -> None:
           f"device(s): {loader / needed:.1f}x headroom", flush=True)
 
     config, batch = LlamaConfig.llama_1b(), 8
-    loader = loader_batches_per_sec(config.seq_len, batch, max(4, batches // 8))
+    loader = loader_batches_per_sec(config.seq_len, batch, windows)
     tokens_per_sec = 0.5 * PEAK_FLOPS["h100"] / config.flops_per_token()
     needed = tokens_per_sec / (batch * config.seq_len)
     print(f"~1B ({batch}x{config.seq_len} per device): loader {loader:,.2f} batches/s "
@@ -142,12 +145,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0, help="prepare processes; 0 = one per core")
     parser.add_argument("--files", type=int, default=8, help="JSONL files the corpus is split into")
-    parser.add_argument("--batches", type=int, default=200, help="loader batches timed (demo)")
+    parser.add_argument("--copies", type=int, default=4,
+                        help="times the corpus is repeated (start-up costs weigh less)")
+    parser.add_argument("--windows", type=int, default=8,
+                        help="row-shuffle windows (1,024 rows each) the loader is timed over")
     args = parser.parse_args()
     if args.part in ("prepare", "both"):
-        bench_prepare(args.repeats, args.workers, args.files)
+        bench_prepare(args.repeats, args.workers, args.files, args.copies)
     if args.part in ("loader", "both"):
-        bench_loader(args.batches)
+        bench_loader(args.windows)
 
 
 if __name__ == "__main__":

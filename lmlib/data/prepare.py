@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import itertools
 import json
 import multiprocessing
 import os
@@ -68,9 +69,15 @@ def make_jobs(datasets: Sequence[dict[str, Sequence[str]]], num_shards: int,
     return jobs
 
 
-def encode_document(tokenizer, text: str) -> np.ndarray:
-    """Token ids of one document, framed by BOS and EOS so packed documents stay apart."""
-    return np.asarray([tokenizer.bos_id, *tokenizer.encode(text), tokenizer.eos_id], np.int32)
+def encode_documents(tokenizer, texts: list[str]) -> list[np.ndarray]:
+    """Token ids of each document, framed by BOS and EOS so packed documents stay apart."""
+    return [np.asarray([tokenizer.bos_id, *ids, tokenizer.eos_id], np.int32)
+            for ids in tokenizer.encode_batch(texts)]
+
+
+def _chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
 
 
 def is_held_out(text: str, fraction: float) -> bool:
@@ -113,12 +120,13 @@ def _run_job(job: Job, reader: Reader, tokenizer_path: str, out_dir: str, key: s
                   "tokens": 0} for s in splits}
     skipped = SkipCounter()
     for file in job.files:
-        for text in reader(file, job.split, skipped):
-            split = "eval" if job.holdout > 0 and is_held_out(text, job.holdout) else job.split
-            ids = encode_document(tokenizer, text)
-            writers[split].write(ids.tobytes())
-            counts[split]["documents"] += 1
-            counts[split]["tokens"] += len(ids)
+        for texts in _chunks(reader(file, job.split, skipped), 64):  # batch encodes are faster
+            for text, ids in zip(texts, encode_documents(tokenizer, texts)):
+                held_out = job.holdout > 0 and is_held_out(text, job.holdout)
+                split = "eval" if held_out else job.split
+                writers[split].write(ids.tobytes())
+                counts[split]["documents"] += 1
+                counts[split]["tokens"] += len(ids)
     for split, writer in writers.items():
         writer.close()
         destination = _join(out_path, job.shard_name(split))
@@ -130,6 +138,11 @@ def _run_job(job: Job, reader: Reader, tokenizer_path: str, out_dir: str, key: s
     result = {"key": key, "shards": counts, "skipped": skipped.as_dict()}
     _write_text(_join(out_dir, f"job-{job.name}.json"), json.dumps(result))
     return result
+
+
+def _one_thread_per_worker() -> None:
+    """The workers are the parallelism: a tokenizer's own threads would only contend."""
+    os.environ["RAYON_NUM_THREADS"] = "1"  # `tokenizers`' thread pool reads it when it starts
 
 
 def prepare(out_dir: str, jobs: Sequence[Job], reader: Reader, *, tokenizer_path: str,
@@ -168,7 +181,8 @@ def prepare(out_dir: str, jobs: Sequence[Job], reader: Reader, *, tokenizer_path
     # spawn, not fork: the caller may already have started JAX's threads.
     context = multiprocessing.get_context("spawn")
     workers = min(num_workers or os.cpu_count() or 1, max(1, len(todo)))
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
+                                                initializer=_one_thread_per_worker) as pool:
         futures = {pool.submit(_run_job, job, reader, tokenizer_path, out_dir, key): job
                    for job in todo}
         for n, future in enumerate(concurrent.futures.as_completed(futures), 1):
