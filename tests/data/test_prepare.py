@@ -174,7 +174,7 @@ def test_prepare_is_idempotent_and_resumes_after_a_kill(tmp_path, corpus, tokeni
         assert (resumed / shard.name).read_bytes() == shard.read_bytes(), shard.name
 
 
-def test_a_changed_source_invalidates_the_prepared_data(tmp_path, corpus, tokenizer):
+def test_a_changed_source_or_tokenizer_invalidates_the_prepared_data(tmp_path, corpus, tokenizer):
     write_jsonl(tmp_path / "a.jsonl.gz", corpus)
     flags = data_flags(tmp_path, tokenizer, f"{tmp_path}/a.jsonl.gz",
                        f"--set=data.prepared_dir={tmp_path / 'out'}")
@@ -183,6 +183,11 @@ def test_a_changed_source_invalidates_the_prepared_data(tmp_path, corpus, tokeni
     stdout = prepare_tool(*flags).stdout
     assert "was prepared with another source; preparing it again" in stdout
     assert "train: " in stdout and sum(len(d) for d in records(tmp_path / "out").values()) == 10
+
+    other = tmp_path / "other.model"
+    train_sentencepiece(corpus, other, vocab_size=450)
+    stdout = prepare_tool(*flags, f"--set=data.tokenizer.path={other}").stdout
+    assert "was prepared with another tokenizer; preparing it again" in stdout
 
 
 def test_bad_lines_stop_with_file_and_line_or_are_skipped_and_counted(tmp_path, corpus,

@@ -1,7 +1,9 @@
 """Readers and URL expansion: documents out of each format, and bad input named by file:line."""
 
+import bz2
 import gzip
 import json
+import lzma
 
 import pytest
 
@@ -44,9 +46,11 @@ def test_plain_text_one_document_per_file_or_per_blank_line_block(tmp_path):
     assert read(path, text_split="blank_line")[0] == ["one\nstill one", "two", "three"]
 
 
-def test_jsonl_text_key_and_compression_by_extension(tmp_path):
-    path = tmp_path / "a.jsonl.gz"
-    path.write_bytes(gzip.compress(b'{"body": "x"}\n\n{"body": "y", "id": 2}\n'))
+@pytest.mark.parametrize("suffix, compress", [(".gz", gzip.compress), (".bz2", bz2.compress),
+                                              (".xz", lzma.compress)])
+def test_jsonl_text_key_and_compression_by_extension(tmp_path, suffix, compress):
+    path = tmp_path / f"a.jsonl{suffix}"
+    path.write_bytes(compress(b'{"body": "x"}\n\n{"body": "y", "id": 2}\n'))
     assert read(path, text_key="body")[0] == ["x", "y"]
 
 
