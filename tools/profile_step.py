@@ -1,0 +1,119 @@
+"""Where the train step's time goes: the step taken apart into separately jitted pieces.
+
+    python tools/profile_step.py --model=demo --batch_size=16
+
+Times (median of --repeats after a warm-up) the whole train step, its gradient without the
+optimizer, the AdamW update alone, the forward pass to the final hidden states and its
+gradient, then one layer's attention and MLP, forward and forward+backward, with their
+GFLOP/s. A backward pass much slower than twice its forward, or a piece far below the matmul
+rate, is where to look. Random tokens, one device, the model's precision settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lmlib.mesh import MeshConfig, make_mesh
+from lmlib.models import LlamaConfig, layers
+from lmlib.train.optimizer import AdamW
+from lmlib.train.state import init_state, state_layout
+from lmlib.train.step import StepConfig, loss_sums, make_train_step
+
+PRESETS = {"demo": LlamaConfig.demo, "llama_1b": LlamaConfig.llama_1b}
+
+
+def timed(name: str, fn, *args, repeats: int, flops: float | None = None) -> None:
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    seconds = float(np.median(times))
+    rate = f"  {flops / seconds / 1e9:,.0f} GFLOP/s" if flops else ""
+    print(f"{name:>28}: {1000 * seconds:8.1f} ms{rate}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=sorted(PRESETS), default="demo")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--precision", choices=["bf16", "f32"], default="bf16")
+    parser.add_argument("--repeats", type=int, default=8)
+    args = parser.parse_args()
+    c = PRESETS[args.model]()
+    dtype = jnp.bfloat16 if args.precision == "bf16" else jnp.float32
+    b, t = args.batch_size, c.seq_len
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, c.vocab_size, (b, t), dtype=np.int32)
+    batch = {"tokens": tokens, "targets": np.roll(tokens, -1, axis=1),
+             "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)),
+             "segment_ids": np.ones((b, t), np.int32), "weights": np.ones((b, t), np.float32)}
+    mesh = make_mesh(MeshConfig())
+    adamw = AdamW()
+    optimizer = adamw.make(100)
+    layout = state_layout(c, optimizer, mesh, seed=0)
+    state = init_state(layout)
+    config = StepConfig(dtype, num_microbatches=1, loss_chunk_len=512)
+    step_flops = c.flops_per_token() * b * t
+
+    def hidden(params, batch):
+        model = nnx.merge(layout.graphdef, jax.tree.map(lambda p: p.astype(dtype), params))
+        return model(batch["tokens"], batch["positions"], batch["segment_ids"])
+
+    def loss(params, batch):
+        return loss_sums(params, layout.graphdef, batch, config)[0]
+
+    def scalar(fn):  # a sum to differentiate, in float32
+        return lambda *a: fn(*a).astype(jnp.float32).sum()
+
+    repeats = args.repeats
+    with jax.set_mesh(mesh):
+        step = jax.jit(make_train_step(layout.graphdef, optimizer, adamw.schedule(100), config))
+        timed("train step", step, state, batch, repeats=repeats, flops=step_flops)
+        grad = jax.jit(jax.grad(loss))
+        timed("gradient, no optimizer", grad, state.params, batch, repeats=repeats,
+              flops=step_flops)
+        grads = grad(state.params, batch)
+        timed("AdamW update", jax.jit(optimizer.update), grads, state.opt_state, state.params,
+              repeats=repeats)
+        timed("forward to hidden states", jax.jit(hidden), state.params, batch, repeats=repeats)
+        timed("its gradient", jax.jit(jax.grad(scalar(hidden))), state.params, batch,
+              repeats=repeats)
+
+        # One layer's pieces on random activations of the model's shapes.
+        n, k, h, d, f = c.num_heads, c.kv_heads, c.head_size, c.hidden_dim, c.mlp_dim
+        q, kk, v = (jnp.asarray(rng.standard_normal((b, t, heads, h)), dtype)
+                    for heads in (n, k, k))
+        mask = layers.attention_mask(jnp.ones((b, t), jnp.int32))
+
+        def attention(q, k, v):
+            return layers.dot_product_attention(q, k, v, mask, "auto")
+
+        attention_flops = 4 * b * t * t * n * h
+        timed("attention forward", jax.jit(attention), q, kk, v, repeats=repeats,
+              flops=attention_flops)
+        timed("attention fwd+bwd", jax.jit(jax.grad(scalar(attention), argnums=(0, 1, 2))),
+              q, kk, v, repeats=repeats, flops=3 * attention_flops)
+        mlp = layers.GatedMLP(d, f, layers.normal(0.02), layers.normal(0.02), nnx.Rngs(0))
+        x = jnp.asarray(rng.standard_normal((b, t, d)), dtype)
+        graphdef, weights = nnx.split(mlp)
+        weights = jax.tree.map(lambda w: w.astype(dtype), weights)
+
+        def mlp_fn(x, weights):
+            return nnx.merge(graphdef, weights)(x)
+
+        mlp_flops = 2 * b * t * d * f * 3
+        timed("MLP forward", jax.jit(mlp_fn), x, weights, repeats=repeats, flops=mlp_flops)
+        timed("MLP fwd+bwd", jax.jit(jax.grad(scalar(mlp_fn), argnums=(0, 1))), x, weights,
+              repeats=repeats, flops=3 * mlp_flops)
+
+
+if __name__ == "__main__":
+    main()
