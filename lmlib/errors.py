@@ -1,5 +1,9 @@
 """The one exception type for user mistakes: main turns it into one line and exit status 2."""
 
+import contextlib
+import sys
+from collections.abc import Iterator
+
 
 class ConfigError(ValueError):
     """A mistake in the command line, the experiment or the data that the user can fix."""
@@ -15,3 +19,14 @@ def check_choices(config: object, group: str, choices: dict[str, tuple[str, ...]
         value = getattr(config, key)
         if value not in allowed:
             raise ConfigError(f"{group}.{key}={value!r}: expected one of {', '.join(allowed)}")
+
+
+@contextlib.contextmanager
+def user_errors_exit_2() -> Iterator[None]:
+    """A ConfigError inside becomes `error: ...` on stderr and exit status 2, no traceback:
+    for the command-line tools, as lmlib.main does."""
+    try:
+        yield
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

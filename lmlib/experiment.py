@@ -13,6 +13,7 @@ ConfigErrors that name the nearest keys.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import importlib
@@ -196,6 +197,13 @@ def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> Experimen
             hint = f"; did you mean {', '.join(nearest)}?" if nearest else ""
             raise ConfigError(f"--set: unknown key {key!r}{hint}") from None
     return config
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """--exp and --set, as lmlib.main takes them, for a tool that works on an experiment."""
+    parser.add_argument("--exp", required=True, help="a registered experiment")
+    parser.add_argument("--set", action="append", default=[], dest="overrides",
+                        metavar="KEY=VALUE", help="override a config field, e.g. data.on_error=skip")
 
 
 def resolve(name: str, overrides: list[str] = ()) -> ExperimentConfig:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from lmlib import hf
-from lmlib.errors import ConfigError
+from lmlib.errors import user_errors_exit_2
 from lmlib.train import checkpoint
 
 
@@ -49,11 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     to_hf.set_defaults(run=export_hf)
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    try:
+    with user_errors_exit_2():
         args.run(args)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     print(f"{args.command}: wrote {args.out} in {time.perf_counter() - start:.1f}s")
     return 0
 

@@ -15,21 +15,16 @@ import sys
 
 from lmlib import experiment
 from lmlib.data.pretrain import prepare_data
-from lmlib.errors import ConfigError
+from lmlib.errors import user_errors_exit_2
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--exp", required=True, help="a registered experiment")
-    parser.add_argument("--set", action="append", default=[], dest="overrides",
-                        metavar="KEY=VALUE", help="override a config field, e.g. data.on_error=skip")
+    experiment.add_flags(parser)
     args = parser.parse_args(argv)
-    try:
+    with user_errors_exit_2():
         data = prepare_data(experiment.resolve(args.exp, args.overrides).data)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     print(f"prepared: {data.directory}")
     return 0
 

@@ -17,30 +17,25 @@ from pathlib import Path
 
 from lmlib import experiment, hf
 from lmlib.data.pretrain import train_tokenizer
-from lmlib.errors import ConfigError
+from lmlib.errors import user_errors_exit_2
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--exp", required=True, help="a registered experiment")
-    parser.add_argument("--set", action="append", default=[], dest="overrides",
-                        metavar="KEY=VALUE", help="override a config field, e.g. data.train_urls=...")
+    experiment.add_flags(parser)
     parser.add_argument("--vocab_size", type=int, default=32000)
     parser.add_argument("--num_samples", type=int, default=200_000,
                         help="lines sampled from the data to train on")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="directory for the tokenizer files")
     args = parser.parse_args(argv)
-    try:
+    with user_errors_exit_2():
         data = experiment.resolve(args.exp, args.overrides).data
         data = dataclasses.replace(data, tokenizer=dataclasses.replace(
             data.tokenizer, vocab_size=args.vocab_size, num_samples=args.num_samples,
             seed=args.seed))
         tokenizer = train_tokenizer(data, Path(args.out) / "tokenizer.model")
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     hf.save_hf_tokenizer(args.out, tokenizer.model_proto)
     print(f"wrote {args.out}: tokenizer.model, tokenizer.json ({tokenizer.vocab_size} pieces)")
     return 0
