@@ -24,6 +24,7 @@ import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
+from lmlib.data.tokenizer import SentencePieceTokenizer, Tokenizer
 from lmlib.errors import ConfigError
 from lmlib.models import Gpt2Config, LlamaConfig, ModelConfig, abstract_model
 
@@ -533,6 +534,17 @@ def save_hf(out_dir: str | Path, config: ModelConfig, params: Params, *,
 
 # ---------------------------------------------------------------------------------------------
 # Tokenizers
+
+
+def save_tokenizer(out_dir: str | Path, tokenizer: Tokenizer) -> None:
+    """A run's tokenizer as files AutoTokenizer loads: a sentencepiece model converted (below),
+    a Hugging Face tokenizer.json as it came (with the pad token finetuning may have added)."""
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        save_hf_tokenizer(out_dir, tokenizer.model_proto)
+        return
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for name, content in tokenizer.files().items():
+        (Path(out_dir) / name).write_bytes(content)
 
 
 def save_hf_tokenizer(out_dir: str | Path, model_proto: bytes) -> None:

@@ -86,9 +86,9 @@ def evaluate_task(questions: list[Question], tokenizer: Tokenizer, loglik: Logli
     """Accuracy and length-normalised accuracy over `questions`."""
     rows = []  # (tokens, number of context tokens, choice bytes) per (question, choice)
     for q in questions:
-        context = [tokenizer.bos_id, *tokenizer.encode(q.context)]
+        context = tokenizer.with_bos(tokenizer.encode(q.context))
         for choice in q.choices:
-            whole = [tokenizer.bos_id, *tokenizer.encode(q.context + " " + choice)]
+            whole = tokenizer.with_bos(tokenizer.encode(q.context + " " + choice))
             rows.append((whole, len(context), len((" " + choice).encode())))
     # Pad to a multiple of 16 so a few lengths compile, not one per batch.
     width = -(-max(len(r[0]) for r in rows) // 16) * 16

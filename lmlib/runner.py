@@ -72,8 +72,7 @@ def hf_export_hook(trainer: Trainer, root: epath.Path):
         out = StagedDirectory(root / f"step_{step:06d}")  # hf writes local files only
         hf.save_hf(out.local, trainer.config.model, params,
                    dtype=export.dtype, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
-        if getattr(tokenizer, "model_proto", None):
-            hf.save_hf_tokenizer(out.local, tokenizer.model_proto)
+        hf.save_tokenizer(out.local, tokenizer)
         out.close()
         print(f"exported a Hugging Face model to {out.remote}", flush=True)
 
@@ -87,7 +86,7 @@ def samples_hook(trainer: Trainer):
     sampling = SamplingConfig(max_new_tokens=samples.max_new_tokens,
                               temperature=samples.temperature, eos_id=tokenizer.eos_id)
     prompts = samples.prompt_list
-    encoded = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts]
+    encoded = [tokenizer.with_bos(tokenizer.encode(p)) for p in prompts]
     sampler = Sampler(trainer.config.model, params=None)
 
     def sample(step: int, state) -> None:
@@ -114,9 +113,9 @@ def multiple_choice_metrics(trainer: Trainer, params) -> dict[str, float]:
 def train(config: ExperimentConfig, workdir: str | None) -> None:
     _save_config(config, workdir)
     trainer = Trainer(config, workdir)
-    proto = getattr(trainer.data.tokenizer, "model_proto", None)
-    if workdir and proto and jax.process_index() == 0:  # the run's outputs decode on their own
-        (epath.Path(workdir) / "tokenizer.model").write_bytes(proto)
+    if workdir and jax.process_index() == 0:  # the run's outputs decode on their own
+        for name, content in trainer.data.tokenizer.files().items():
+            (epath.Path(workdir) / name).write_bytes(content)
     export = config.trainer.hf_export
     if export.every_steps:
         if importlib.util.find_spec("transformers") is None:

@@ -58,6 +58,27 @@ TINY_RUN = ["--exp=StdlibLlama", "--set=trainer.log_every=1", "--set=trainer.eva
 GCS_BUCKET = "lmlib-test"
 
 
+def byte_level_bpe(directory, bos_token, vocab_size=700):
+    """A Llama-3-style tokenizer.json (byte-level BPE) with its tokenizer_config.json, as a hub
+    checkpoint without a sentencepiece model carries them."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from lmlib.data import sources
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    specials = ["<|begin_of_text|>", "<|end_of_text|>"]
+    tokenizer.train_from_iterator(
+        (sources.read_text(p) for p in sources.stdlib_files("eval")[:20]),
+        trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=bos_token,
+                            eos_token="<|end_of_text|>").save_pretrained(directory)
+    return directory / "tokenizer.json"
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

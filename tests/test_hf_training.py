@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from array_record.python.array_record_data_source import ArrayRecordDataSource
 
 import lmlib
 from lmlib import experiment, hf
 from lmlib.data.pretrain import PretrainData, prepare_data
 from lmlib.train.loop import Trainer
-from conftest import run_cli, train_losses
+from conftest import byte_level_bpe, run_cli, train_losses
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +87,42 @@ def test_a_larger_vocabulary_grows_the_embedding_with_the_mean_row(hf_dir):
         np.testing.assert_allclose(np.take(grown, [4096, 4097], axis=axis),
                                    np.repeat(old.mean(axis=axis, keepdims=True), 2, axis=axis),
                                    rtol=1e-6)
+
+
+def test_a_checkpoint_with_only_a_tokenizer_json_trains_and_exports_it(tmp_path):
+    """Llama 3 style: byte-level BPE in tokenizer.json, BOS and EOS named by its config."""
+    hf_dir = tmp_path / "llama3"
+    tokenizer_json = byte_level_bpe(hf_dir, "<|begin_of_text|>")
+    config = transformers.LlamaConfig(
+        vocab_size=700, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        bos_token_id=0, eos_token_id=1)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(hf_dir)
+    overrides = [f"init_from={hf_dir}", "trainer.num_train_steps=1", "trainer.batch_size=4",
+                 "trainer.precision=p=f32,c=f32", "trainer.eval_batches=1",
+                 "trainer.hf_export.every_steps=1", "trainer.hf_export.dtype=float32",
+                 f"data.cache_dir={tmp_path / 'cache'}"]
+    workdir = tmp_path / "run"
+    run_cli("--exp=ContinuePretraining", *(f"--set={o}" for o in overrides),
+            f"--workdir={workdir}")
+
+    resolved = experiment.resolve("ContinuePretraining", overrides)
+    assert resolved.data.tokenizer.path == str(tokenizer_json)
+    trainer = Trainer(resolved)
+    batch = next(trainer.train_iterator())
+    shard = ArrayRecordDataSource(trainer.data.shards("train")[:1])
+    document = np.frombuffer(shard[0], np.int32)
+    assert (document[0], document[-1]) == (0, 1)  # <|begin_of_text|> ... <|end_of_text|>
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    assert train_losses(workdir)[1] == pytest.approx(hf_loss(model, batch), abs=1e-4)
+
+    exported = workdir / "hf" / "step_000001"
+    tokenizer = transformers.AutoTokenizer.from_pretrained(exported)
+    assert (tokenizer.bos_token, tokenizer.eos_token) == ("<|begin_of_text|>", "<|end_of_text|>")
+    text = "def f(x):\n    return x  # Grüße\n"
+    assert tokenizer.encode(text, add_special_tokens=False) == trainer.data.tokenizer.encode(text)
+    assert (workdir / "tokenizer.json").exists()  # the run decodes on its own (tools/generate)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Hugging Face <-> lmlib checkpoints; the logic lives in lmlib/hf.py.
 
     python tools/convert_hf.py import HF_DIR OUT [--allow_pickle]
-    python tools/convert_hf.py export CKPT OUT [--dtype bf16] [--tokenizer spm.model]
+    python tools/convert_hf.py export CKPT OUT [--dtype bf16] [--tokenizer tokenizer.model]
                                                [--max_shard_gb 5]
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 from lmlib import hf
+from lmlib.data.tokenizer import load_tokenizer
 from lmlib.errors import user_errors_exit_2
 from lmlib.train import checkpoint
 
@@ -27,7 +27,7 @@ def export_hf(args: argparse.Namespace) -> None:
     hf.save_hf(args.out, config, params, dtype=args.dtype,
                max_shard_bytes=int(args.max_shard_gb * 2**30), progress=True)
     if args.tokenizer:
-        hf.save_hf_tokenizer(args.out, Path(args.tokenizer).read_bytes())
+        hf.save_tokenizer(args.out, load_tokenizer(args.tokenizer))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     to_hf.add_argument("out")
     to_hf.add_argument("--dtype", default="float32", choices=sorted(hf.DTYPES))
     to_hf.add_argument("--max_shard_gb", type=float, default=5.0)
-    to_hf.add_argument("--tokenizer", help="lmlib sentencepiece model to export alongside")
+    to_hf.add_argument("--tokenizer", help="tokenizer.model or tokenizer.json to export alongside")
     to_hf.set_defaults(run=export_hf)
     args = parser.parse_args(argv)
     start = time.perf_counter()

@@ -43,9 +43,9 @@ def load(path: str, tokenizer_path: str | None):
         default_tokenizer = hf.tokenizer_file(root)
     else:
         config, params = load_params(path)
-        # A workdir holds tokenizer.model; a step directory is two levels below it.
-        candidates = [p / "tokenizer.model" for p in (root, *root.parents[:3])]
-        default_tokenizer = next((p for p in candidates if p.exists()), None)
+        # A workdir holds the run's tokenizer; a step directory is two levels below it.
+        default_tokenizer = next(filter(None, map(hf.tokenizer_file,
+                                                  (root, *root.parents[:3]))), None)
     tokenizer_path = tokenizer_path or default_tokenizer
     if not tokenizer_path:
         raise ConfigError(f"no tokenizer found beside {path}; pass --tokenizer")

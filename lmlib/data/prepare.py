@@ -70,8 +70,9 @@ def make_jobs(datasets: Sequence[dict[str, Sequence[str]]], num_shards: int,
 
 
 def encode_documents(tokenizer, texts: list[str]) -> list[np.ndarray]:
-    """Token ids of each document, framed by BOS and EOS so packed documents stay apart."""
-    return [np.asarray([tokenizer.bos_id, *ids, tokenizer.eos_id], np.int32)
+    """Token ids of each document, framed by BOS (where the tokenizer has one) and EOS so
+    packed documents stay apart."""
+    return [np.asarray([*tokenizer.with_bos(ids), tokenizer.eos_id], np.int32)
             for ids in tokenizer.encode_batch(texts)]
 
 

@@ -209,9 +209,9 @@ def tokenize_example(tokenizer: Tokenizer, example: Example) -> dict[str, np.nda
     whole = tokenizer.encode(example["prompt"] + example["response"])
     shared = next((i for i, (a, b) in enumerate(zip(prompt, whole)) if a != b),
                   min(len(prompt), len(whole)))
-    tokens = np.asarray([tokenizer.bos_id, *whole, tokenizer.eos_id], np.int32)
+    tokens = np.asarray([*tokenizer.with_bos(whole), tokenizer.eos_id], np.int32)
     mask = np.zeros(len(tokens), np.int32)
-    mask[1 + shared:] = 1
+    mask[len(tokens) - len(whole) - 1 + shared:] = 1
     return {"tokens": tokens, "loss_mask": mask}
 
 

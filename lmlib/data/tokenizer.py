@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import random
 from collections.abc import Iterable
@@ -11,12 +12,14 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from lmlib.errors import ConfigError
+
 
 class Tokenizer:
     """Text <-> token ids. `fingerprint` changes whenever the mapping could change."""
 
     vocab_size: int
-    bos_id: int
+    bos_id: int | None  # None where the model has no BOS (Qwen2)
     eos_id: int
     pad_id: int | None
     fingerprint: str
@@ -29,6 +32,14 @@ class Tokenizer:
         raise NotImplementedError
 
     def decode(self, ids: Iterable[int]) -> str:
+        raise NotImplementedError
+
+    def with_bos(self, ids: list[int]) -> list[int]:
+        """A sequence as the model sees one start: after BOS, where the tokenizer has one."""
+        return ids if self.bos_id is None else [self.bos_id, *ids]
+
+    def files(self) -> dict[str, bytes]:
+        """The tokenizer's own files by name, to write beside a run or a checkpoint."""
         raise NotImplementedError
 
 
@@ -55,12 +66,18 @@ class SentencePieceTokenizer(Tokenizer):
         # Ids past the model's pieces (a pad token added for finetuning) decode to nothing.
         return self._sp.decode([int(i) for i in ids if int(i) < self._sp.vocab_size()])
 
+    def files(self) -> dict[str, bytes]:
+        return {"tokenizer.model": self.model_proto}
+
 
 class HFTokenizer(Tokenizer):
-    """A Hugging Face fast tokenizer file (`tokenizer.json`) through the `tokenizers` library."""
+    """A Hugging Face fast tokenizer file (`tokenizer.json`) through the `tokenizers` library.
 
-    def __init__(self, path: str | Path, bos_token: str = "<s>", eos_token: str = "</s>",
-                 pad_token: str | None = None):
+    BOS, EOS and pad are the `tokenizer_config.json` beside it names (`<|begin_of_text|>` for
+    Llama 3, none for Qwen2's BOS), or Llama's `<s>` and `</s>` where there is none.
+    """
+
+    def __init__(self, path: str | Path):
         from tokenizers import Tokenizer as HFTokenizerImpl
 
         path = Path(path)
@@ -69,10 +86,22 @@ class HFTokenizer(Tokenizer):
         # SentencePiece, and as transformers' split_special_tokens (lmlib.hf's export) does.
         self._tok.encode_special_tokens = True
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
-        self.bos_id = self._tok.token_to_id(bos_token)
-        self.eos_id = self._tok.token_to_id(eos_token)
-        self.pad_id = self._tok.token_to_id(pad_token) if pad_token else None
-        self.fingerprint = "hf-" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        config_path = path.with_name("tokenizer_config.json")
+        self.config = json.loads(config_path.read_text()) if config_path.exists() else {
+            "bos_token": "<s>", "eos_token": "</s>"}
+        self.bos_id, self.eos_id, self.pad_id = (
+            self._token_id(key) for key in ("bos_token", "eos_token", "pad_token"))
+        if self.eos_id is None:  # documents and responses end with it: training needs one
+            raise ConfigError(f"{path}: no end-of-sequence token (eos_token in "
+                              f"{config_path.name} names none that {path.name} has)")
+        specials = json.dumps([self.bos_id, self.eos_id, self.pad_id]).encode()
+        self.fingerprint = "hf-" + hashlib.sha256(path.read_bytes() + specials).hexdigest()[:16]
+
+    def _token_id(self, key: str) -> int | None:
+        token = self.config.get(key)
+        if isinstance(token, dict):  # an AddedToken serialised as {"content": ..., ...}
+            token = token.get("content")
+        return self._tok.token_to_id(token) if token else None
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
@@ -83,6 +112,23 @@ class HFTokenizer(Tokenizer):
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode([int(i) for i in ids])
+
+    def files(self) -> dict[str, bytes]:
+        """tokenizer.json (with the pad token lmlib.data.supervised.with_pad added, if it did)
+        and a tokenizer_config.json naming the special tokens: AutoTokenizer loads the pair."""
+        from tokenizers import AddedToken
+        from tokenizers import Tokenizer as HFTokenizerImpl
+
+        tokenizer = HFTokenizerImpl.from_str(self._tok.to_str())
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", **self.config}
+        if self.pad_id is not None and tokenizer.id_to_token(self.pad_id) is None:
+            tokenizer.add_special_tokens([AddedToken("[PAD]", special=True, normalized=False)])
+        for key, id in (("bos_token", self.bos_id), ("eos_token", self.eos_id),
+                        ("pad_token", self.pad_id)):
+            config[key] = tokenizer.id_to_token(id) if id is not None else None
+        tokenizer.encode_special_tokens = False  # a file's default; transformers sets its own
+        return {"tokenizer.json": tokenizer.to_str().encode(),
+                "tokenizer_config.json": json.dumps(config, indent=1).encode()}
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:

@@ -195,7 +195,9 @@ def test_alpaca_json_array_file_reads_with_the_registered_preprocessor(tmp_path)
 def test_a_tokenizer_without_pad_gets_one_and_the_vocabulary_grows(tokenizer, tmp_path):
     from lmlib import hf
 
-    hf.save_hf_tokenizer(tmp_path, tokenizer.model_proto)  # tokenizer.json: no pad token set
+    hf.save_hf_tokenizer(tmp_path, tokenizer.model_proto)
+    config_file = tmp_path / "tokenizer_config.json"  # as Llama's: no pad token
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "pad_token": None}))
     bare = load_tokenizer(tmp_path / "tokenizer.json")
     assert bare.pad_id is None
     config = resolve("JsonlAlpacaTiny", [f"data.tokenizer.path={tmp_path / 'tokenizer.json'}",

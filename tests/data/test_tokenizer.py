@@ -1,9 +1,10 @@
 """tools/train_tokenizer.py: a sentencepiece model and a tokenizer.json that encode alike."""
 
+import json
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import REPO, byte_level_bpe
 from lmlib.data import sources
 from lmlib.data.tokenizer import HFTokenizer, SentencePieceTokenizer
 
@@ -28,3 +29,41 @@ def test_trained_tokenizer_loads_in_transformers_and_encodes_identically(tmp_pat
         assert hf_file.encode(text) == ids
         assert auto(text, add_special_tokens=False)["input_ids"] == ids
         assert spm.decode(ids) == text
+
+
+def test_hf_tokenizer_specials_come_from_its_config_and_a_missing_bos_frames_with_eos_only(
+        tmp_path):
+    import numpy as np
+    import pytest
+
+    from lmlib.data.prepare import encode_documents
+    from lmlib.errors import ConfigError
+
+    llama3 = HFTokenizer(byte_level_bpe(tmp_path / "llama3", "<|begin_of_text|>"))
+    assert (llama3.bos_id, llama3.eos_id) == (0, 1)
+    [framed] = encode_documents(llama3, ["x = 1"])
+    np.testing.assert_array_equal(framed, [0, *llama3.encode("x = 1"), 1])
+
+    qwen2 = HFTokenizer(byte_level_bpe(tmp_path / "qwen2", None))  # Qwen2 has no BOS
+    assert qwen2.bos_id is None and qwen2.with_bos([5, 6]) == [5, 6]
+    [framed] = encode_documents(qwen2, ["x = 1"])
+    np.testing.assert_array_equal(framed, [*qwen2.encode("x = 1"), qwen2.eos_id])
+
+    config = tmp_path / "qwen2" / "tokenizer_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "eos_token": None}))
+    with pytest.raises(ConfigError, match="tokenizer.json: no end-of-sequence token"):
+        HFTokenizer(tmp_path / "qwen2" / "tokenizer.json")
+
+
+def test_a_pad_added_for_finetuning_is_in_the_exported_tokenizer_json(tmp_path):
+    from transformers import AutoTokenizer
+
+    from lmlib import hf
+    from lmlib.data.supervised import with_pad
+
+    tokenizer = with_pad(HFTokenizer(byte_level_bpe(tmp_path / "base", "<|begin_of_text|>")))
+    assert tokenizer.pad_id == tokenizer.vocab_size - 1 == 700
+    hf.save_tokenizer(tmp_path / "out", tokenizer)
+    auto = AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert (auto.pad_token_id, auto.bos_token_id, auto.eos_token_id) == (700, 0, 1)
+    assert len(auto) == 701
