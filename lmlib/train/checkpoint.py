@@ -230,8 +230,8 @@ def save_params(directory: str | os.PathLike, params, config: ModelConfig) -> No
     """Writes a parameters-only checkpoint (step 0) that load_from and load_params accept.
 
     Consumes `params` (a nested dict of numpy arrays): each leaf is moved to a host-device array
-    in place, one at a time: Orbax copies numpy leaves all at once (peak RSS of a 1.1B import
-    10.4 GiB with numpy leaves, 8.4 GiB with device arrays)."""
+    in place, one at a time, so that memory stays near one copy of the model (Orbax would copy
+    every numpy leaf at once: a 1.1B import peaked at 10.4 GiB, now 6.6 GiB)."""
     cpu = jax.local_devices(backend="cpu")[0]
 
     def to_device(tree: dict) -> None:
@@ -239,15 +239,19 @@ def save_params(directory: str | os.PathLike, params, config: ModelConfig) -> No
             if isinstance(value, dict):
                 to_device(value)
             else:
-                tree[key] = jax.device_put(value, cpu)
-                del value  # the numpy copy goes now, not when the whole tree is done
+                # Waiting for each copy frees its numpy source before the next one starts.
+                tree[key] = jax.block_until_ready(jax.device_put(value, cpu))
+                del value
     to_device(params)
-    manager = ocp.CheckpointManager(absolute(directory), item_names=("state", "meta"),
-                                    options=ocp.CheckpointManagerOptions(
-                                        enable_async_checkpointing=False))
+    # Uncompressed: compressing holds a second copy of the model while writing (a 2 GiB tree
+    # peaks at 4.0 GiB compressed, 2.4 GiB not), and float weights barely compress.
+    manager = ocp.CheckpointManager(
+        absolute(directory), options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False),
+        item_handlers={"state": ocp.PyTreeCheckpointHandler(use_compression=False),
+                       "meta": ocp.JsonCheckpointHandler()})
     meta = {"step": 0, "data": None, "model_type": type(config).__name__,
             "config": {"model": dataclasses.asdict(config)}}
-    manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params}),
+    manager.save(0, args=ocp.args.Composite(state=ocp.args.PyTreeSave({"params": params}),
                                             meta=ocp.args.JsonSave(meta)), force=True)
     manager.wait_until_finished()
     manager.close()
