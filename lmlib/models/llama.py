@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from lmlib.errors import ConfigError
@@ -137,4 +136,4 @@ class Llama(layers.DecoderLM):
     def logits(self, hidden_btd: jax.Array) -> jax.Array:
         if self.config.tie_embeddings:
             return self.embed.attend(hidden_btd)
-        return jnp.einsum("BTD,DV->BTV", hidden_btd, self.head[...])
+        return layers.einsum("BTD,DV->BTV", hidden_btd, self.head[...])

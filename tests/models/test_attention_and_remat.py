@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lmlib.models import LlamaConfig
+from lmlib.models import LlamaConfig, layers
 from lmlib.models.layers import REMAT_POLICIES, attention_mask, dot_product_attention
 
 
@@ -62,3 +62,28 @@ def test_remat_policies_give_identical_loss_and_gradients():
     for remat in ("minimal", "full"):
         for a, b in zip(jax.tree.leaves(results[remat]), reference):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("spec, x_shape, w_shape", [
+    ("BTD,DF->BTF", (2, 8, 16), (16, 24)), ("BTD,VD->BTV", (2, 8, 16), (40, 16)),
+    ("BTD,DNH->BTNH", (2, 8, 16), (16, 4, 8)), ("BTNH,NHD->BTD", (2, 8, 4, 8), (4, 8, 16))])
+def test_model_einsum_in_bf16_gives_the_values_and_gradients_of_a_float32_one(
+        spec, x_shape, w_shape):
+    """layers.einsum has its own backward on CPU in bfloat16 (f32-output dots); it must be the
+    gradient of the einsum, as autodiff of a float32 einsum gives it, within bf16 rounding."""
+    rng = np.random.default_rng(0)
+    x, w = (jnp.asarray(rng.standard_normal(s), jnp.bfloat16) for s in (x_shape, w_shape))
+    out_shape = jnp.einsum(spec, x, w).shape
+    ct = jnp.asarray(rng.standard_normal(out_shape), jnp.float32)
+
+    def loss(einsum, x, w):
+        return (einsum(spec, x, w).astype(jnp.float32) * ct).sum()
+
+    ours = jax.value_and_grad(lambda x, w: loss(layers.einsum, x, w), argnums=(0, 1))(x, w)
+    f32 = jax.value_and_grad(lambda x, w: loss(jnp.einsum, x, w), argnums=(0, 1))(
+        x.astype(jnp.float32), w.astype(jnp.float32))
+    np.testing.assert_allclose(ours[0], f32[0], rtol=2e-2, atol=0.1)
+    for got, want in zip(ours[1], f32[1]):
+        assert got.dtype == jnp.bfloat16
+        scale = float(jnp.abs(want).max())
+        np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=1e-2 * scale)
