@@ -26,6 +26,7 @@ class Gpt2Config:
     init_std: float = 0.02
     remat: str = "full"
     attention_impl: str = "auto"
+    unroll_layers: bool = False  # True: no layer loop (faster steps on CPU, compile grows with L)
 
     def __post_init__(self):
         if self.hidden_dim % self.num_heads:
@@ -91,7 +92,8 @@ class Gpt2(layers.DecoderLM):
         self.embed = layers.Embed(c.vocab_size, d, init, rngs)
         self.position_embed = layers.param(rngs, layers.normal(0.01), (c.seq_len, d),
                                            ("positions", "embed"))
-        self.layers = layers.ScannedBlocks(make_block, c.num_layers, c.remat, rngs)
+        self.layers = layers.ScannedBlocks(make_block, c.num_layers, c.remat, rngs,
+                                           unroll=c.unroll_layers)
         self.final_norm = layers.LayerNorm(d, c.norm_eps, rngs)
 
     def forward(self, tokens_bt: jax.Array, positions_bt: jax.Array, mask_b1ts: jax.Array,

@@ -38,6 +38,7 @@ class LlamaConfig:
     init_std: float = 0.02
     remat: str = "full"  # none | minimal | full: what the backward pass recomputes
     attention_impl: str = "auto"  # auto | xla | cudnn
+    unroll_layers: bool = False  # True: no layer loop (faster steps on CPU, compile grows with L)
 
     def __post_init__(self):
         kv_heads = self.num_kv_heads or self.num_heads
@@ -69,7 +70,8 @@ class LlamaConfig:
     def demo(cls) -> LlamaConfig:
         """A few-million-parameter Llama that learns Python on two CPU cores in minutes."""
         return cls(vocab_size=4096, hidden_dim=256, num_layers=4, num_heads=4, num_kv_heads=2,
-                   mlp_dim=768, seq_len=256, tie_embeddings=True, remat="none")
+                   mlp_dim=768, seq_len=256, tie_embeddings=True, remat="none",
+                   unroll_layers=True)
 
     @classmethod
     def teenytinyllama_160m(cls) -> LlamaConfig:
@@ -121,7 +123,8 @@ class Llama(layers.DecoderLM):
                 layers.GatedMLP(c.hidden_dim, c.mlp_dim, init, init, rngs))
 
         self.embed = layers.Embed(c.vocab_size, c.hidden_dim, init, rngs)
-        self.layers = layers.ScannedBlocks(make_block, c.num_layers, c.remat, rngs)
+        self.layers = layers.ScannedBlocks(make_block, c.num_layers, c.remat, rngs,
+                                           unroll=c.unroll_layers)
         self.final_norm = layers.RMSNorm(c.hidden_dim, c.norm_eps, rngs)
         if not c.tie_embeddings:
             self.head = layers.param(rngs, init, (c.hidden_dim, c.vocab_size), ("embed", "vocab"))

@@ -34,11 +34,14 @@ from lmlib.tree_util import flatten_dict
 
 MODEL_CONFIGS = {cls.__name__: cls for cls in (LlamaConfig, Gpt2Config)}
 
+# Model fields that choose how the model computes, not what: parameters load across them.
+MODEL_COMPUTE_OPTIONS = ("model.remat", "model.attention_impl", "model.unroll_layers")
+
 # Fields that may change between a run and its resumption: they do not change the math.
 RESUMABLE_CHANGES = (
     "trainer.num_train_steps", "trainer.log_every", "trainer.eval_every",
     "trainer.eval_batches", "trainer.checkpoint.", "trainer.peak_flops_per_device",
-    "trainer.mesh.", "trainer.microbatch_size", "model.remat", "model.attention_impl",
+    "trainer.mesh.", "trainer.microbatch_size", *MODEL_COMPUTE_OPTIONS,
     "data.cache_dir", "data.num_shards", "name",
 )
 

@@ -238,7 +238,7 @@ class Trainer:
         saved = ckpt.read_meta(path)["config"]
         current = ckpt.config_json(self.config)
         ckpt.check_resumable({"model": saved["model"]}, {"model": current["model"]},
-                             allowed=("model.remat", "model.attention_impl"), what="model")
+                             allowed=ckpt.MODEL_COMPUTE_OPTIONS, what="model")
         print(f"loading parameters from {path}", flush=True)
         return ckpt.restore_params(path, abstract_state(self.layout).params)
 

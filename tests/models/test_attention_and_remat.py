@@ -87,3 +87,25 @@ def test_model_einsum_in_bf16_gives_the_values_and_gradients_of_a_float32_one(
         assert got.dtype == jnp.bfloat16
         scale = float(jnp.abs(want).max())
         np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=1e-2 * scale)
+
+
+def test_bf16_attention_gradients_match_the_float32_reference():
+    """On CPU, bf16 attention has its own backward (see layers._cpu_bf16_attention)."""
+    keys = jax.random.split(jax.random.key(1), 4)
+    q = jax.random.normal(keys[0], (2, 32, 4, 16))
+    k, v = (jax.random.normal(key, (2, 32, 2, 16)) for key in keys[1:3])
+    d_out = jax.random.normal(keys[3], q.shape)
+    segment_ids = jnp.array([[1] * 20 + [2] * 12, [1] * 32])
+
+    def loss(attention, q, k, v):
+        return (attention(q, k, v).astype(jnp.float32) * d_out).sum()
+
+    want = jax.grad(lambda *a: loss(lambda q, k, v: reference_attention(q, k, v, segment_ids),
+                                    *a), argnums=(0, 1, 2))(q, k, v)
+    bf16 = [x.astype(jnp.bfloat16) for x in (q, k, v)]
+    got = jax.jit(jax.grad(lambda *a: loss(lambda q, k, v: dot_product_attention(
+        q, k, v, attention_mask(segment_ids), "xla"), *a), argnums=(0, 1, 2)))(*bf16)
+    for g, w in zip(got, want):
+        assert g.dtype == jnp.bfloat16 and g.shape == w.shape
+        np.testing.assert_allclose(np.asarray(g, np.float32), w,
+                                   atol=3e-2 * float(jnp.abs(w).max()))
