@@ -31,6 +31,8 @@ flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes
 def run(argv: list[str]) -> None:
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments {argv[1:]}; options take the form --name=value")
+    from lmlib import xla_flags
+    xla_flags.set_defaults()  # before JAX starts its backend
     from lmlib import distributed, experiment, runner
 
     mode = flags.FLAGS.mode

@@ -61,3 +61,12 @@ def test_dry_run_compiles_a_7b_step_from_shapes_and_reports_memory():
     state_gib = float(line.split("state+batch ")[1].split()[0])
     # f32 parameters and two AdamW moments: 12 bytes x 6,738,415,616, never allocated here.
     assert state_gib == pytest.approx(12 * 6_738_415_616 / 2**30, rel=0.01)
+
+
+def test_lmlib_xla_flags_keep_every_flag_the_user_set():
+    from lmlib import xla_flags
+
+    environ = {"XLA_FLAGS": "--xla_gpu_enable_latency_hiding_scheduler=false --xla_dump_to=/d"}
+    flags = xla_flags.set_defaults(environ).split()
+    assert flags == ["--xla_gpu_enable_latency_hiding_scheduler=false", "--xla_dump_to=/d"]
+    assert xla_flags.set_defaults({}) == "--xla_gpu_enable_latency_hiding_scheduler=true"

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import time
 
 import numpy as np
 
+from lmlib import xla_flags
 from lmlib.models import LlamaConfig
 
 PRESETS = {"demo": LlamaConfig.demo, "llama_1b": LlamaConfig.llama_1b}
@@ -135,14 +137,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--framework", choices=["lmlib", "torch", "both"], default="both")
     parser.add_argument("--remat", default="", help="lmlib remat policy (none|minimal|full)")
+    parser.add_argument("--attention", default="", help="lmlib attention (auto|xla|cudnn)")
     parser.add_argument("--precision", choices=["bf16", "f32"], default="bf16",
                         help="compute dtype on both sides (weights stay float32)")
     parser.add_argument("--json", default="", help="also write the results to this file")
     args = parser.parse_args()
+    xla_flags.set_defaults()  # lmlib's, as lmlib.main sets them
     config = PRESETS[args.model]()
     overrides = {"seq_len": args.seq_len} if args.seq_len else {}
     if args.remat:
         overrides["remat"] = args.remat
+    if args.attention:
+        overrides["attention_impl"] = args.attention
     config = LlamaConfig(**{**config.__dict__, **overrides})
     runs = {"lmlib": bench_lmlib, "torch": bench_torch}
     names = list(runs) if args.framework == "both" else [args.framework]
@@ -153,7 +159,8 @@ def main() -> None:
         print(f"lmlib/torch tokens/s: {ratio:.2f}x", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+            json.dump({"args": vars(args), "xla_flags": os.environ["XLA_FLAGS"],
+                       "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ rate, is where to look. Random tokens, one device, the model's precision setting
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import jax
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lmlib import xla_flags
 from lmlib.mesh import MeshConfig, make_mesh
 from lmlib.models import LlamaConfig, layers
 from lmlib.train.optimizer import AdamW
@@ -46,8 +48,13 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--precision", choices=["bf16", "f32"], default="bf16")
     parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--remat", default="", help="remat policy (none|minimal|full)")
+    parser.add_argument("--attention", default="", help="attention (auto|xla|cudnn)")
     args = parser.parse_args()
+    xla_flags.set_defaults()
     c = PRESETS[args.model]()
+    overrides = {"remat": args.remat, "attention_impl": args.attention}
+    c = dataclasses.replace(c, **{k: v for k, v in overrides.items() if v})
     dtype = jnp.bfloat16 if args.precision == "bf16" else jnp.float32
     b, t = args.batch_size, c.seq_len
     rng = np.random.default_rng(0)
@@ -91,10 +98,10 @@ def main() -> None:
         n, k, h, d, f = c.num_heads, c.kv_heads, c.head_size, c.hidden_dim, c.mlp_dim
         q, kk, v = (jnp.asarray(rng.standard_normal((b, t, heads, h)), dtype)
                     for heads in (n, k, k))
-        mask = layers.attention_mask(jnp.ones((b, t), jnp.int32))
+        mask = layers.training_mask(jnp.ones((b, t), jnp.int32), c.attention_impl)
 
         def attention(q, k, v):
-            return layers.dot_product_attention(q, k, v, mask, "auto")
+            return layers.dot_product_attention(q, k, v, mask, c.attention_impl)
 
         attention_flops = 4 * b * t * t * n * h
         timed("attention forward", jax.jit(attention), q, kk, v, repeats=repeats,

@@ -96,12 +96,12 @@ class Gpt2(layers.DecoderLM):
                                            unroll=c.unroll_layers)
         self.final_norm = layers.LayerNorm(d, c.norm_eps, rngs)
 
-    def forward(self, tokens_bt: jax.Array, positions_bt: jax.Array, mask_b1ts: jax.Array,
+    def forward(self, tokens_bt: jax.Array, positions_bt: jax.Array, mask: layers.Mask,
                 kv_cache: layers.KVCache | None = None, cache_index: jax.Array | None = None
                 ) -> tuple[jax.Array, layers.KVCache | None]:
         x_btd = self.embed(tokens_bt) + jnp.take(self.position_embed[...], positions_bt, axis=0)
         x_btd = constrain(x_btd, ("act_batch", "act_length", "act_embed"))
-        x_btd, kv_cache = self.layers(x_btd, positions_bt, mask_b1ts, kv_cache, cache_index)
+        x_btd, kv_cache = self.layers(x_btd, positions_bt, mask, kv_cache, cache_index)
         return self.final_norm(x_btd), kv_cache
 
     def logits(self, hidden_btd: jax.Array) -> jax.Array:

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -163,26 +164,99 @@ def attention_mask(segment_ids_bt: jax.Array) -> jax.Array:
     return (causal[None] & same_doc)[:, None]
 
 
-def default_attention_impl() -> str:
-    """cuDNN flash attention on GPU, XLA elsewhere (splash on TPU is the next hook to fill)."""
+# Documents per row that cuDNN's packed attention takes. Its softmax statistics are sized by it
+# ((B * M, N, T) float32 per layer); a batch with a row of more documents takes the exact XLA
+# attention instead (see dot_product_attention), so the limit costs speed, never correctness.
+CUDNN_MAX_DOCS_PER_ROW = 32
+
+
+class PackedDocs(NamedTuple):
+    """A batch's packed documents as cuDNN's packed ("THD") attention reads them: per row, the
+    start and length of each document, -1 past the row's last; and, for rows of more than
+    CUDNN_MAX_DOCS_PER_ROW documents, the segment ids for the exact fallback."""
+    offsets_bm: jax.Array  # (B, M + 1) int32
+    lengths_bm: jax.Array  # (B, M) int32
+    segment_ids_bt: jax.Array  # (B, T)
+    overflow: jax.Array  # () bool: some row holds more than M documents
+
+
+def packed_docs(segment_ids_bt: jax.Array, max_docs: int = CUDNN_MAX_DOCS_PER_ROW) -> PackedDocs:
+    """Documents are runs of equal segment ids (the packers write each document contiguously)."""
+    batch, length = segment_ids_bt.shape
+    max_docs = min(max_docs, length)
+    index_t = jnp.arange(length, dtype=jnp.int32)
+    starts_bt = jnp.concatenate([jnp.ones((batch, 1), jnp.bool_),
+                                 segment_ids_bt[:, 1:] != segment_ids_bt[:, :-1]], axis=1)
+    # The first max_docs starts of each row in order, `length` where a row has fewer.
+    first_bm = -jax.lax.top_k(-jnp.where(starts_bt, index_t, length), max_docs)[0]
+    ends_bm = jnp.concatenate([first_bm[:, 1:], jnp.full((batch, 1), length, jnp.int32)], 1)
+    valid_bm = first_bm < length
+    return PackedDocs(
+        offsets_bm=jnp.concatenate([jnp.where(valid_bm, first_bm, -1),
+                                    jnp.full((batch, 1), -1, jnp.int32)], axis=1),
+        lengths_bm=jnp.where(valid_bm, ends_bm - first_bm, -1),
+        segment_ids_bt=segment_ids_bt,
+        overflow=jnp.any(starts_bt.sum(axis=1) > max_docs))
+
+
+# What attention masks with: a dense (B, 1, T, S) boolean mask (any pattern: decoding with a
+# cache, padding), or the packed documents of a training batch (causal within each document).
+Mask = jax.Array | PackedDocs
+
+
+def training_mask(segment_ids_bt: jax.Array, implementation: str) -> Mask:
+    """The mask of packed training rows in the form `implementation` reads fastest."""
+    if resolve_attention_impl(implementation) == "cudnn":
+        return packed_docs(segment_ids_bt)
+    return attention_mask(segment_ids_bt)
+
+
+def resolve_attention_impl(implementation: str) -> str:
+    """"auto": cuDNN flash attention on GPU, XLA elsewhere (splash on TPU is the next hook)."""
+    if implementation != "auto":
+        return implementation
     return "cudnn" if jax.default_backend() == "gpu" else "xla"
 
 
 def dot_product_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array,
-                          mask_b1ts: jax.Array, implementation: str = "auto") -> jax.Array:
-    """Masked attention (see attention_mask); the one place an implementation is chosen.
+                          mask: Mask, implementation: str = "auto") -> jax.Array:
+    """Masked attention (see Mask); the one place an implementation is chosen.
 
-    jax.nn.dot_product_attention handles grouped-query attention (N a multiple of K) and keeps
-    the logits and softmax in float32 even for bfloat16 inputs.
+    Grouped-query attention (N a multiple of K) is handled here; logits and softmax are float32
+    even for bfloat16 inputs. Packed documents (training on GPU) go to cuDNN's packed flash
+    attention, which skips the masked blocks; dense masks to XLA unless `implementation` is
+    "cudnn" (then cuDNN with the mask as a bias).
     """
-    if implementation == "auto":
-        implementation = default_attention_impl()
+    if isinstance(mask, PackedDocs):
+        # The exact XLA attention for rows of more documents than the packed layout takes (and
+        # for inputs cuDNN does not take). Rematerialised: a cond keeps the residuals of both
+        # branches, and XLA's (B, N, T, T) probabilities would cost ~10 GB a layer on the 1B model.
+        dense = jax.checkpoint(lambda q, k, v: dot_product_attention(
+            q, k, v, attention_mask(mask.segment_ids_bt), "xla"))
+        if q_btnh.dtype not in (jnp.bfloat16, jnp.float16):  # cuDNN takes 16-bit inputs only
+            return dense(q_btnh, k_bskh, v_bskh)
+        return jax.lax.cond(mask.overflow, dense, functools.partial(_cudnn_packed_attention,
+                                                                    docs=mask),
+                            q_btnh, k_bskh, v_bskh)
+    implementation = "xla" if implementation == "auto" else implementation
     if implementation == "xla" and q_btnh.dtype == jnp.bfloat16 and \
             jax.default_backend() == "cpu":
-        return _cpu_bf16_attention(q_btnh, k_bskh, v_bskh, mask_b1ts,
+        return _cpu_bf16_attention(q_btnh, k_bskh, v_bskh, mask,
                                    q_btnh.shape[2] // k_bskh.shape[2])
     return jax.nn.dot_product_attention(
-        q_btnh, k_bskh, v_bskh, mask=mask_b1ts, implementation=implementation)
+        q_btnh, k_bskh, v_bskh, mask=mask, implementation=implementation)
+
+
+def _cudnn_packed_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array,
+                            docs: PackedDocs) -> jax.Array:
+    # jax.nn.dot_product_attention does not expose cuDNN's packed layout (segment offsets);
+    # this is the function it calls, with the offsets.
+    from jax._src.cudnn.fused_attention_stablehlo import MaskType
+    from jax._src.cudnn.fused_attention_stablehlo import dot_product_attention as cudnn_attention
+    return cudnn_attention(
+        q_btnh, k_bskh, v_bskh, q_seqlen=docs.lengths_bm, kv_seqlen=docs.lengths_bm,
+        q_offsets=docs.offsets_bm, kv_offsets=docs.offsets_bm,
+        scale=q_btnh.shape[-1] ** -0.5, mask_type=MaskType.PADDING_CAUSAL)
 
 
 # The same attention for bfloat16 on a CPU, written for XLA:CPU's fast dots (bf16 x bf16 -> f32,
@@ -270,7 +344,7 @@ class Attention(nnx.Module):
         self.rope_theta, self.rope_scaling = rope_theta, rope_scaling
         self.implementation = implementation
 
-    def __call__(self, x_btd: jax.Array, positions_bt: jax.Array, mask_b1ts: jax.Array,
+    def __call__(self, x_btd: jax.Array, positions_bt: jax.Array, mask: Mask,
                  kv_cache: KVCache | None = None,
                  cache_index: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
         """With a cache, the new keys and values are written at `cache_index` and the queries
@@ -295,7 +369,7 @@ class Attention(nnx.Module):
                           ("act_batch", "act_length", "act_kv_heads", "act_head_dim"))
                 for cache, new in zip(kv_cache, (k_btkh, v_btkh)))
             k_btkh, v_btkh = kv_cache
-        out_btnh = dot_product_attention(q_btnh, k_btkh, v_btkh, mask_b1ts, self.implementation)
+        out_btnh = dot_product_attention(q_btnh, k_btkh, v_btkh, mask, self.implementation)
         out_btd = einsum("BTNH,NHD->BTD", out_btnh, self.o[...])
         if self.out_bias:
             out_btd += self.o_bias[...]
@@ -342,10 +416,10 @@ class Block(nnx.Module):
                  mlp: nnx.Module):
         self.attn_norm, self.attn, self.mlp_norm, self.mlp = attn_norm, attn, mlp_norm, mlp
 
-    def __call__(self, x_btd: jax.Array, positions_bt: jax.Array, mask_b1ts: jax.Array,
+    def __call__(self, x_btd: jax.Array, positions_bt: jax.Array, mask: Mask,
                  kv_cache: KVCache | None = None, cache_index: jax.Array | None = None
                  ) -> tuple[jax.Array, KVCache | None]:
-        attn_btd, kv_cache = self.attn(self.attn_norm(x_btd), positions_bt, mask_b1ts,
+        attn_btd, kv_cache = self.attn(self.attn_norm(x_btd), positions_bt, mask,
                                        kv_cache, cache_index)
         x_btd = x_btd + attn_btd
         x_btd = x_btd + self.mlp(self.mlp_norm(x_btd))
@@ -391,12 +465,12 @@ class ScannedBlocks(nnx.Module):
         self.blocks = create(rngs)
         self.remat, self.unroll = remat, unroll
 
-    def __call__(self, x_btd: jax.Array, positions_bt: jax.Array, mask_b1ts: jax.Array,
+    def __call__(self, x_btd: jax.Array, positions_bt: jax.Array, mask: Mask,
                  kv_cache: KVCache | None = None, cache_index: jax.Array | None = None
                  ) -> tuple[jax.Array, KVCache | None]:
         """Each layer reads its slice of the stacked (L, ...) cache; None when training."""
         def body(x_btd, block, layer_cache):
-            return block(x_btd, positions_bt, mask_b1ts, layer_cache, cache_index)
+            return block(x_btd, positions_bt, mask, layer_cache, cache_index)
 
         if self.remat != "none":
             body = nnx.remat(body, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
@@ -411,9 +485,10 @@ class DecoderLM(nnx.Module):
     def __call__(self, tokens_bt: jax.Array, positions_bt: jax.Array,
                  segment_ids_bt: jax.Array) -> jax.Array:
         """Final hidden states (B, T, D) of packed rows; `logits` maps them to the vocabulary."""
-        return self.forward(tokens_bt, positions_bt, attention_mask(segment_ids_bt))[0]
+        mask = training_mask(segment_ids_bt, self.config.attention_impl)
+        return self.forward(tokens_bt, positions_bt, mask)[0]
 
-    def forward(self, tokens_bt: jax.Array, positions_bt: jax.Array, mask_b1ts: jax.Array,
+    def forward(self, tokens_bt: jax.Array, positions_bt: jax.Array, mask: Mask,
                 kv_cache: KVCache | None = None, cache_index: jax.Array | None = None
                 ) -> tuple[jax.Array, KVCache | None]:
         """(hidden states, updated cache) for any attention mask; lmlib.generate decodes with it."""

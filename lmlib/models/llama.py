@@ -129,11 +129,11 @@ class Llama(layers.DecoderLM):
         if not c.tie_embeddings:
             self.head = layers.param(rngs, init, (c.hidden_dim, c.vocab_size), ("embed", "vocab"))
 
-    def forward(self, tokens_bt: jax.Array, positions_bt: jax.Array, mask_b1ts: jax.Array,
+    def forward(self, tokens_bt: jax.Array, positions_bt: jax.Array, mask: layers.Mask,
                 kv_cache: layers.KVCache | None = None, cache_index: jax.Array | None = None
                 ) -> tuple[jax.Array, layers.KVCache | None]:
         x_btd = constrain(self.embed(tokens_bt), ("act_batch", "act_length", "act_embed"))
-        x_btd, kv_cache = self.layers(x_btd, positions_bt, mask_b1ts, kv_cache, cache_index)
+        x_btd, kv_cache = self.layers(x_btd, positions_bt, mask, kv_cache, cache_index)
         return self.final_norm(x_btd), kv_cache
 
     def logits(self, hidden_btd: jax.Array) -> jax.Array:

@@ -1,0 +1,55 @@
+#!/bin/bash
+# The GPU checks of BENCHMARKS.md ("GPU") in one go, for a single H100/H200:
+#   1. the attention tests on the GPU (cuDNN packed and dense against the float32 reference),
+#   2. the ~1B Llama training step: transformers + torch, then lmlib's variants.
+# Each part has its own time limit, so one failure leaves the others' numbers. Results go to
+# $OUT (default /tmp/gpu_check): one JSON per benchmark, and the logs.
+#
+#   tools/gpu_check.sh [variant ...]   (default: every variant below)
+# Needs python3 with jax[cuda], flax, optax, orbax-checkpoint, torch and transformers.
+set -u
+OUT=${OUT:-/tmp/gpu_check}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+BATCH=${BATCH:-8} MODEL=${MODEL:-llama_1b}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
+python3 -c "import jax, flax, optax, torch, transformers; print('jax', jax.__version__, \
+'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, \
+'transformers', transformers.__version__, jax.devices())"
+
+bench() {  # bench NAME [XLA_FLAGS] -- benchmark.py arguments
+    local name=$1 flags=$2
+    shift 2
+    echo "== $name ${flags:+(XLA_FLAGS=$flags)}"
+    XLA_FLAGS=$flags timeout 170 python3 tools/benchmark.py --model="$MODEL" \
+        --batch_size="$BATCH" --json="$OUT/$name.json" "$@" > "$OUT/$name.log" 2>&1
+    echo "   exit $? | $(grep -E '^ *(lmlib|torch):|Error|error' "$OUT/$name.log" | tail -2)"
+}
+
+run_variant() {
+    case $1 in
+    tests) echo "== attention tests"
+        timeout 150 python3 -m pytest -q -p no:cacheprovider --noconftest \
+            tests/models/test_attention_and_remat.py > "$OUT/tests.log" 2>&1
+        echo "   exit $? | $(tail -1 "$OUT/tests.log")" ;;
+    torch) bench torch "" --framework=torch ;;
+    cudnn) bench cudnn "" --framework=lmlib --remat=none ;;
+    cudnn_minimal) bench cudnn_minimal "" --framework=lmlib --remat=minimal ;;
+    cudnn_full) bench cudnn_full "" --framework=lmlib --remat=full ;;
+    cudnn_b16) bench cudnn_b16 "" --framework=lmlib --remat=none --batch_size=16 ;;
+    torch_b16) bench torch_b16 "" --framework=torch --batch_size=16 ;;
+    profile) echo "== profile (tools/profile_step.py, remat none)"
+        timeout 200 python3 tools/profile_step.py --model="$MODEL" --batch_size="$BATCH" \
+            --remat=none > "$OUT/profile.log" 2>&1
+        echo "   exit $?"; grep -E "ms" "$OUT/profile.log" ;;
+    xla) bench xla "" --framework=lmlib --remat=none --attention=xla ;;
+    no_triton_gemm) bench no_triton_gemm "--xla_gpu_enable_triton_gemm=false" \
+        --framework=lmlib --remat=none ;;
+    *) echo "unknown variant $1"; return 1 ;;
+    esac
+}
+
+for variant in "${@:-tests cudnn torch profile cudnn_b16 torch_b16 no_triton_gemm}"; do
+    for v in $variant; do run_variant "$v"; done
+done
