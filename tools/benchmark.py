@@ -138,6 +138,7 @@ def main() -> None:
     parser.add_argument("--framework", choices=["lmlib", "torch", "both"], default="both")
     parser.add_argument("--remat", default="", help="lmlib remat policy (none|minimal|full)")
     parser.add_argument("--attention", default="", help="lmlib attention (auto|xla|cudnn)")
+    parser.add_argument("--unroll", action="store_true", help="lmlib: no layer loop")
     parser.add_argument("--precision", choices=["bf16", "f32"], default="bf16",
                         help="compute dtype on both sides (weights stay float32)")
     parser.add_argument("--json", default="", help="also write the results to this file")
@@ -149,6 +150,8 @@ def main() -> None:
         overrides["remat"] = args.remat
     if args.attention:
         overrides["attention_impl"] = args.attention
+    if args.unroll:
+        overrides["unroll_layers"] = True
     config = LlamaConfig(**{**config.__dict__, **overrides})
     runs = {"lmlib": bench_lmlib, "torch": bench_torch}
     names = list(runs) if args.framework == "both" else [args.framework]

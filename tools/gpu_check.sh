@@ -37,6 +37,7 @@ run_variant() {
     cudnn) bench cudnn "" --framework=lmlib --remat=none ;;
     cudnn_minimal) bench cudnn_minimal "" --framework=lmlib --remat=minimal ;;
     cudnn_full) bench cudnn_full "" --framework=lmlib --remat=full ;;
+    unroll) bench unroll "" --framework=lmlib --remat=none --unroll ;;
     cudnn_b16) bench cudnn_b16 "" --framework=lmlib --remat=none --batch_size=16 ;;
     torch_b16) bench torch_b16 "" --framework=torch --batch_size=16 ;;
     profile) echo "== profile (tools/profile_step.py, remat none)"
