@@ -287,9 +287,10 @@ def _cpu_bf16_attention(q_btnh, k_bskh, v_bskh, mask_b1ts, groups: int):
 
 def _cpu_bf16_attention_fwd(q_btnh, k_bskh, v_bskh, mask_b1ts, groups):
     batch, _, heads, head_dim = q_btnh.shape
-    q, k, v = (_heads_to_batch(q_btnh), _heads_to_batch(k_bskh, groups),
-               _heads_to_batch(v_bskh, groups))
-    scores = _f32_dot("XTH,XSH->XTS", q, k) * head_dim ** -0.5
+    # The 1/sqrt(H) scales the queries (T * H values a head) rather than the scores (T * S).
+    q = _heads_to_batch((q_btnh.astype(jnp.float32) * head_dim ** -0.5).astype(q_btnh.dtype))
+    k, v = _heads_to_batch(k_bskh, groups), _heads_to_batch(v_bskh, groups)
+    scores = _f32_dot("XTH,XSH->XTS", q, k)
     mask = jnp.broadcast_to(mask_b1ts, (batch, heads, *mask_b1ts.shape[2:]))
     scores = jnp.where(mask.reshape(scores.shape), scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
@@ -301,13 +302,13 @@ def _cpu_bf16_attention_bwd(groups, residuals, d_out_btnh):
     q, k, v, probs, out = residuals
     batch, dtype, head_dim = d_out_btnh.shape[0], q.dtype, q.shape[-1]
     d_out = _heads_to_batch(d_out_btnh.astype(dtype))
-    d_v = _f32_dot("XTS,XTH->XSH", probs, d_out)
     d_probs = _f32_dot("XTH,XSH->XTS", d_out, v)
-    # Softmax backward: dS = P * (dP - rowsum(dO * O)), times the scores' 1/sqrt(H).
+    # Softmax backward: dS = P * (dP - rowsum(dO * O)).
     row = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), -1, keepdims=True)
-    d_scores = (probs * (d_probs - row) * head_dim ** -0.5).astype(dtype)
-    d_q = _f32_dot("XTS,XSH->XTH", d_scores, k)
+    d_scores = (probs * (d_probs - row)).astype(dtype)
+    d_q = _f32_dot("XTS,XSH->XTH", d_scores, k) * head_dim ** -0.5
     d_k = _f32_dot("XTS,XTH->XSH", d_scores, q)
+    d_v = _f32_dot("XTS,XTH->XSH", probs, d_out)
     return (_batch_to_heads(d_q, batch).astype(dtype),
             _batch_to_heads(d_k, batch, groups).astype(dtype),
             _batch_to_heads(d_v, batch, groups).astype(dtype), None)
