@@ -23,7 +23,7 @@ bench() {  # bench NAME [XLA_FLAGS] -- benchmark.py arguments
     shift 2
     echo "== $name ${flags:+(XLA_FLAGS=$flags)}"
     XLA_FLAGS=$flags timeout 170 python3 tools/benchmark.py --model="$MODEL" \
-        --batch_size="$BATCH" --json="$OUT/$name.json" "$@" > "$OUT/$name.log" 2>&1
+        --batch_size="$BATCH" --loss_chunk_len=512 --json="$OUT/$name.json" "$@" > "$OUT/$name.log" 2>&1
     echo "   exit $? | $(grep -E '^ *(lmlib|torch):|Error|error' "$OUT/$name.log" | tail -2)"
 }
 
