@@ -101,7 +101,7 @@ def main() -> None:
         mask = layers.training_mask(jnp.ones((b, t), jnp.int32), c.attention_impl)
 
         def attention(q, k, v):
-            return layers.dot_product_attention(q, k, v, mask, c.attention_impl)
+            return layers.dot_product_attention(q, k, v, mask)
 
         attention_flops = 4 * b * t * t * n * h
         timed("attention forward", jax.jit(attention), q, kk, v, repeats=repeats,

@@ -84,8 +84,7 @@ class Gpt2(layers.DecoderLM):
             return layers.Block(
                 layers.LayerNorm(d, c.norm_eps, rngs),
                 layers.Attention(d, heads, heads, d // heads, qkv_bias=True, out_bias=True,
-                                 rope_theta=None, init=init, out_init=out_init,
-                                 implementation=c.attention_impl, rngs=rngs),
+                                 rope_theta=None, init=init, out_init=out_init, rngs=rngs),
                 layers.LayerNorm(d, c.norm_eps, rngs),
                 layers.GeluMLP(d, c.ffn_dim, init, out_init, rngs))
 

@@ -205,46 +205,41 @@ Mask = jax.Array | PackedDocs
 
 
 def training_mask(segment_ids_bt: jax.Array, implementation: str) -> Mask:
-    """The mask of packed training rows in the form `implementation` reads fastest."""
-    if resolve_attention_impl(implementation) == "cudnn":
-        return packed_docs(segment_ids_bt)
-    return attention_mask(segment_ids_bt)
-
-
-def resolve_attention_impl(implementation: str) -> str:
-    """"auto": cuDNN flash attention on GPU, XLA elsewhere (splash on TPU is the next hook)."""
-    if implementation != "auto":
-        return implementation
-    return "cudnn" if jax.default_backend() == "gpu" else "xla"
+    """The mask of packed training rows in the form that `implementation` (model.attention_impl)
+    reads: packed documents for cuDNN ("auto" on a GPU), the dense mask for XLA."""
+    if implementation == "auto":
+        implementation = "cudnn" if jax.default_backend() == "gpu" else "xla"
+    if implementation == "xla":
+        return attention_mask(segment_ids_bt)
+    if jax.default_backend() != "gpu":
+        raise ConfigError(f"model.attention_impl={implementation!r} needs a GPU; this run has "
+                          f"{jax.default_backend()} devices (use auto or xla)")
+    return packed_docs(segment_ids_bt)
 
 
 def dot_product_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array,
-                          mask: Mask, implementation: str = "auto") -> jax.Array:
-    """Masked attention (see Mask); the one place an implementation is chosen.
+                          mask: Mask) -> jax.Array:
+    """Masked attention; the mask's form chooses the implementation (see training_mask).
 
-    Grouped-query attention (N a multiple of K) is handled here; logits and softmax are float32
-    even for bfloat16 inputs. Packed documents (training on GPU) go to cuDNN's packed flash
-    attention, which skips the masked blocks; dense masks to XLA unless `implementation` is
-    "cudnn" (then cuDNN with the mask as a bias).
+    Packed documents (training on a GPU) go to cuDNN's packed flash attention, which skips the
+    masked blocks; dense masks (XLA training, decoding with a cache) to XLA. Grouped-query
+    attention (N a multiple of K) is handled here; logits and softmax are float32.
     """
     if isinstance(mask, PackedDocs):
         # The exact XLA attention for rows of more documents than the packed layout takes (and
         # for inputs cuDNN does not take). Rematerialised: a cond keeps the residuals of both
         # branches, and XLA's (B, N, T, T) probabilities would cost ~10 GB a layer on the 1B model.
         dense = jax.checkpoint(lambda q, k, v: dot_product_attention(
-            q, k, v, attention_mask(mask.segment_ids_bt), "xla"))
+            q, k, v, attention_mask(mask.segment_ids_bt)))
         if q_btnh.dtype not in (jnp.bfloat16, jnp.float16):  # cuDNN takes 16-bit inputs only
             return dense(q_btnh, k_bskh, v_bskh)
         return jax.lax.cond(mask.overflow, dense, functools.partial(_cudnn_packed_attention,
                                                                     docs=mask),
                             q_btnh, k_bskh, v_bskh)
-    implementation = "xla" if implementation == "auto" else implementation
-    if implementation == "xla" and q_btnh.dtype == jnp.bfloat16 and \
-            jax.default_backend() == "cpu":
+    if q_btnh.dtype == jnp.bfloat16 and jax.default_backend() == "cpu":
         return _cpu_bf16_attention(q_btnh, k_bskh, v_bskh, mask,
                                    q_btnh.shape[2] // k_bskh.shape[2])
-    return jax.nn.dot_product_attention(
-        q_btnh, k_bskh, v_bskh, mask=mask, implementation=implementation)
+    return jax.nn.dot_product_attention(q_btnh, k_bskh, v_bskh, mask=mask, implementation="xla")
 
 
 def _cudnn_packed_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array,
@@ -328,7 +323,7 @@ class Attention(nnx.Module):
     def __init__(self, dim: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
                  qkv_bias: bool, out_bias: bool, rope_theta: float | None,
                  rope_scaling: Llama3RopeScaling | None = None, init: Initializer,
-                 out_init: Initializer, implementation: str, rngs: nnx.Rngs):
+                 out_init: Initializer, rngs: nnx.Rngs):
         self.q = param(rngs, init, (dim, num_heads, head_dim), ("embed", "heads", "head_dim"))
         self.k = param(rngs, init, (dim, num_kv_heads, head_dim),
                        ("embed", "kv_heads", "head_dim"))
@@ -343,7 +338,6 @@ class Attention(nnx.Module):
             self.o_bias = param(rngs, zeros, (dim,), ("embed",))
         self.qkv_bias, self.out_bias = qkv_bias, out_bias
         self.rope_theta, self.rope_scaling = rope_theta, rope_scaling
-        self.implementation = implementation
 
     def __call__(self, x_btd: jax.Array, positions_bt: jax.Array, mask: Mask,
                  kv_cache: KVCache | None = None,
@@ -370,7 +364,7 @@ class Attention(nnx.Module):
                           ("act_batch", "act_length", "act_kv_heads", "act_head_dim"))
                 for cache, new in zip(kv_cache, (k_btkh, v_btkh)))
             k_btkh, v_btkh = kv_cache
-        out_btnh = dot_product_attention(q_btnh, k_btkh, v_btkh, mask, self.implementation)
+        out_btnh = dot_product_attention(q_btnh, k_btkh, v_btkh, mask)
         out_btd = einsum("BTNH,NHD->BTD", out_btnh, self.o[...])
         if self.out_bias:
             out_btd += self.o_bias[...]

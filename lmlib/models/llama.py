@@ -117,8 +117,7 @@ class Llama(layers.DecoderLM):
                 layers.RMSNorm(c.hidden_dim, c.norm_eps, rngs),
                 layers.Attention(c.hidden_dim, c.num_heads, c.kv_heads, c.head_size,
                                  qkv_bias=c.qkv_bias, out_bias=False, rope_theta=c.rope_theta,
-                                 rope_scaling=c.rope_scaling, init=init, out_init=init,
-                                 implementation=c.attention_impl, rngs=rngs),
+                                 rope_scaling=c.rope_scaling, init=init, out_init=init, rngs=rngs),
                 layers.RMSNorm(c.hidden_dim, c.norm_eps, rngs),
                 layers.GatedMLP(c.hidden_dim, c.mlp_dim, init, init, rngs))
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from lmlib.errors import ConfigError
 from lmlib.models import LlamaConfig, layers
 from lmlib.models.layers import REMAT_POLICIES, attention_mask, dot_product_attention
 
@@ -55,9 +56,9 @@ def check_attention(implementation, dtype, tolerance, q, k, v, d_out, segment_id
         argnums=(0, 1, 2))(q, k, v)
     mask = layers.training_mask(segment_ids, implementation)
     got, grads = jax.jit(jax.value_and_grad(lambda *a: loss(lambda q, k, v: dot_product_attention(
-        q, k, v, mask, implementation), *a), argnums=(0, 1, 2)))(
+        q, k, v, mask), *a), argnums=(0, 1, 2)))(
         *(x.astype(dtype) for x in (q, k, v)))
-    out = dot_product_attention(*(x.astype(dtype) for x in (q, k, v)), mask, implementation)
+    out = dot_product_attention(*(x.astype(dtype) for x in (q, k, v)), mask)
     np.testing.assert_allclose(np.asarray(out, np.float32),
                                reference_attention(q, k, v, segment_ids),
                                atol=tolerance, rtol=tolerance)
@@ -65,6 +66,12 @@ def check_attention(implementation, dtype, tolerance, q, k, v, d_out, segment_id
         assert g.dtype == dtype and g.shape == w.shape
         np.testing.assert_allclose(np.asarray(g, np.float32), w,
                                    atol=tolerance * float(jnp.abs(w).max()))
+
+
+@pytest.mark.skipif(GPU, reason="asks for cuDNN where there is none")
+def test_cudnn_without_a_gpu_is_a_config_error_naming_the_key():
+    with pytest.raises(ConfigError, match="model.attention_impl='cudnn' needs a GPU"):
+        layers.training_mask(jnp.ones((1, 8), jnp.int32), "cudnn")
 
 
 def test_packed_docs_describe_each_document_of_each_row():
