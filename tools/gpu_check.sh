@@ -38,6 +38,7 @@ run_variant() {
     cudnn_minimal) bench cudnn_minimal "" --framework=lmlib --remat=minimal ;;
     cudnn_full) bench cudnn_full "" --framework=lmlib --remat=full ;;
     unroll) bench unroll "" --framework=lmlib --remat=none --unroll ;;
+    unroll_minimal) bench unroll_minimal "" --framework=lmlib --remat=minimal --unroll ;;
     cudnn_b16) bench cudnn_b16 "" --framework=lmlib --remat=none --batch_size=16 ;;
     torch_b16) bench torch_b16 "" --framework=torch --batch_size=16 ;;
     profile) echo "== profile (tools/profile_step.py, remat none)"
@@ -51,6 +52,6 @@ run_variant() {
     esac
 }
 
-for variant in "${@:-tests cudnn torch profile cudnn_b16 torch_b16 no_triton_gemm}"; do
+for variant in "${@:-tests unroll unroll_minimal cudnn_minimal torch profile}"; do
     for v in $variant; do run_variant "$v"; done
 done
