@@ -74,7 +74,7 @@ class TrainerConfig:
     precision: str = "p=f32,c=bf16"  # parameter and compute dtypes
     seed: int = 0  # parameters and data order
     loss_chunk_len: int = 128  # positions per cross-entropy chunk: bounds the logits' memory
-    peak_flops_per_device: float = 0.0  # for MFU; 0 = from lmlib.train.metrics.PEAK_FLOPS
+    peak_flops_per_device: float = 0.0  # for MFU; 0 = the data sheet (GPU/TPU), measured (CPU)
     mesh: MeshConfig = MeshConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     hf_export: HFExportConfig = HFExportConfig()

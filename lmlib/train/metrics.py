@@ -6,6 +6,7 @@ peak, ETA. The workdir may be local or gs://bucket/... (see StagedDirectory).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 from etils import epath
 from tensorboard.compat.proto import (event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2,
                                       types_pb2)
@@ -29,27 +31,30 @@ PEAK_FLOPS = {
     "tpu v4": 275e12, "tpu v5 lite": 197e12, "tpu v5e": 197e12, "tpu v5p": 459e12,
     "tpu v5": 459e12, "tpu v6 lite": 918e12, "tpu v6e": 918e12,
 }
-# A CPU has no data-sheet number: assume 32 float32 FLOPs per cycle per core (two 256-bit FMA
-# pipes, as on AVX2 and Zen 4's AVX-512), twice that where the CPU has bfloat16 dot-product
-# instructions (avx512_bf16), at the clock /proc/cpuinfo reports. MFU on a CPU is therefore an
-# estimate; set trainer.peak_flops_per_device to correct it.
-CPU_FLOPS_PER_CYCLE = 32
 
 
-def _cpuinfo(field: str) -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith(field):
-                return line.split(":", 1)[1]
-    except OSError:
-        pass
-    return ""
-
-
+@functools.cache
 def cpu_peak_flops() -> float:
-    hz = float(_cpuinfo("cpu MHz") or 2000) * 1e6
-    per_cycle = CPU_FLOPS_PER_CYCLE * (2 if "avx512_bf16" in _cpuinfo("flags").split() else 1)
-    return per_cycle * hz * (os.cpu_count() or 1)
+    """The host's bfloat16 matmul rate, measured (best of 5 products of 2048 x 2048 matrices,
+    bf16 in, float32 out, as the models' matmuls run on a CPU; ~0.2 s once per process).
+
+    A CPU has no data-sheet peak, and its cores, clocks and vector units vary too much to
+    compute one: on the 2-core development VM, 32 float32 FLOPs a cycle per core at the clock
+    /proc/cpuinfo lists gave 332 GFLOP/s, and this product runs at 860. MFU on a CPU is
+    therefore against the best rate its matmuls reach; trainer.peak_flops_per_device overrides.
+    """
+    size = 2048
+    device = jax.devices("cpu")[0]
+    a, b = (jax.device_put(jax.random.normal(jax.random.key(i), (size, size), jnp.bfloat16),
+                           device) for i in range(2))
+    product = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+    product(a, b).block_until_ready()
+    best = math.inf
+    for _ in range(5):
+        start = time.perf_counter()
+        product(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
 
 
 def peak_flops_per_device(device: jax.Device | None = None) -> float:
