@@ -41,10 +41,12 @@ run_variant() {
     unroll_minimal) bench unroll_minimal "" --framework=lmlib --remat=minimal --unroll ;;
     cudnn_b16) bench cudnn_b16 "" --framework=lmlib --remat=none --batch_size=16 ;;
     torch_b16) bench torch_b16 "" --framework=torch --batch_size=16 ;;
-    profile) echo "== profile (tools/profile_step.py, remat none)"
+    profile) echo "== profile (tools/profile_step.py, unrolled, remat none; trace in \$OUT)"
         timeout 200 python3 tools/profile_step.py --model="$MODEL" --batch_size="$BATCH" \
-            --remat=none > "$OUT/profile.log" 2>&1
-        echo "   exit $?"; grep -E "ms" "$OUT/profile.log" ;;
+            --remat=none --unroll --trace=/tmp/trace > "$OUT/profile.log" 2>&1
+        echo "   exit $?"; grep -E "ms" "$OUT/profile.log"
+        # The trace file alone, at the top of $OUT (the profiler nests it four folders down).
+        find /tmp/trace -name "*.xplane.pb" -exec cp {} "$OUT/step.xplane.pb" \; ;;
     xla) bench xla "" --framework=lmlib --remat=none --attention=xla ;;
     no_triton_gemm) bench no_triton_gemm "--xla_gpu_enable_triton_gemm=false" \
         --framework=lmlib --remat=none ;;

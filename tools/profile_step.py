@@ -50,10 +50,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--remat", default="", help="remat policy (none|minimal|full)")
     parser.add_argument("--attention", default="", help="attention (auto|xla|cudnn)")
+    parser.add_argument("--unroll", action="store_true", help="no layer loop")
+    parser.add_argument("--trace", default="", help="also write a profiler trace of 3 train "
+                        "steps to this directory (TensorBoard's profile plugin, xprof)")
     args = parser.parse_args()
     xla_flags.set_defaults()
     c = PRESETS[args.model]()
-    overrides = {"remat": args.remat, "attention_impl": args.attention}
+    overrides = {"remat": args.remat, "attention_impl": args.attention,
+                 "unroll_layers": args.unroll}
     c = dataclasses.replace(c, **{k: v for k, v in overrides.items() if v})
     dtype = jnp.bfloat16 if args.precision == "bf16" else jnp.float32
     b, t = args.batch_size, c.seq_len
@@ -84,6 +88,10 @@ def main() -> None:
     with jax.set_mesh(mesh):
         step = jax.jit(make_train_step(layout.graphdef, optimizer, adamw.schedule(100), config))
         timed("train step", step, state, batch, repeats=repeats, flops=step_flops)
+        if args.trace:
+            with jax.profiler.trace(args.trace):
+                for _ in range(3):
+                    jax.block_until_ready(step(state, batch))
         grad = jax.jit(jax.grad(loss))
         timed("gradient, no optimizer", grad, state.params, batch, repeats=repeats,
               flops=step_flops)
