@@ -7,9 +7,12 @@ Both sides train the same Llama (lmlib.hf maps the config) with AdamW on random 
 same batch and sequence length, bf16 compute over float32 weights (torch: autocast; --precision
 f32 for float32 compute on both sides), and
 report tokens/s, step time, MFU (model FLOPs including attention, lmlib's formula for both)
-and peak memory (device memory on an accelerator, process RSS on a CPU: run one framework at a
-time for it). With --framework=both the two run in one process, their steps alternating, so a
-noisy machine slows both alike. The data pipeline is left out on purpose: this measures the step.
+and peak memory (device memory on an accelerator, process RSS on a CPU). With
+--framework=both each framework runs in its own process, alternating (lmlib, torch, lmlib, ...)
+for --pairs pairs, and the ratio is taken pair by pair: a noisy machine's drift then moves both
+sides of a pair alike. (Steps of both alternating inside one process were tried and are biased
+on a CPU: one framework's idle threads and deferred work land in the other's timings.) The data
+pipeline is left out on purpose: this measures the step.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ import dataclasses
 import json
 import os
 import resource
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -42,7 +48,6 @@ class Runner:
     step: Callable[[], None]
     peak_flops: float
     peak_memory_gib: Callable[[], float]
-    host_memory: bool  # peak_memory_gib is the process's RSS (a CPU), not a device's
 
 
 def lmlib_runner(config: LlamaConfig, batch_size: int, bf16: bool, total_steps: int,
@@ -83,9 +88,8 @@ def lmlib_runner(config: LlamaConfig, batch_size: int, bf16: bool, total_steps: 
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
         return Runner("lmlib", step, peak_flops_per_device() * jax.device_count(),
-                      lambda: jax.devices()[0].memory_stats()["peak_bytes_in_use"] / 2**30, False)
-    return Runner("lmlib", step, peak_flops_per_device() * jax.device_count(), peak_host_gib,
-                  True)
+                      lambda: jax.devices()[0].memory_stats()["peak_bytes_in_use"] / 2**30)
+    return Runner("lmlib", step, peak_flops_per_device() * jax.device_count(), peak_host_gib)
 
 
 def torch_runner(config: LlamaConfig, batch_size: int, bf16: bool) -> Runner:
@@ -119,43 +123,54 @@ def torch_runner(config: LlamaConfig, batch_size: int, bf16: bool) -> Runner:
         name = torch.cuda.get_device_name().lower()
         peak = next((f for k, f in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0]))
                      if k in name), float("nan"))
-        return Runner("torch", step, peak, lambda: torch.cuda.max_memory_allocated() / 2**30,
-                      False)
-    return Runner("torch", step, peak_flops_per_device(), peak_host_gib, True)
+        return Runner("torch", step, peak, lambda: torch.cuda.max_memory_allocated() / 2**30)
+    return Runner("torch", step, peak_flops_per_device(), peak_host_gib)
 
 
-def time_steps(runners: list[Runner], steps: int, warmup: int) -> dict[str, list[float]]:
-    """Each runner's step times. With several runners the steps alternate (A B A B ...), so a
-    machine whose speed drifts slows both alike and their ratio holds."""
-    for runner in runners:
-        for _ in range(warmup):
-            runner.step()
-    times: dict[str, list[float]] = {runner.name: [] for runner in runners}
+def time_steps(runner: Runner, steps: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        runner.step()
+    times = []
     for _ in range(steps):
-        for runner in runners:
-            start = time.perf_counter()
-            runner.step()
-            times[runner.name].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        runner.step()
+        times.append(time.perf_counter() - start)
     return times
 
 
-def report(runner: Runner, config: LlamaConfig, batch_size: int, step_seconds: list[float],
-           shared_process: bool) -> dict:
+def report(runner: Runner, config: LlamaConfig, batch_size: int,
+           step_seconds: list[float]) -> dict:
     seconds = float(np.median(step_seconds))
     tokens = batch_size * config.seq_len
-    # Host RSS is the whole process's: with two frameworks in it, neither's alone.
-    memory = None if shared_process else runner.peak_memory_gib()
     result = {"framework": runner.name, "step_seconds": seconds,
               "step_seconds_range": [min(step_seconds), max(step_seconds)],
               "tokens_per_sec": tokens / seconds,
               "mfu": config.flops_per_token() * tokens / seconds / runner.peak_flops,
-              "peak_memory_gib": memory}
+              "peak_memory_gib": runner.peak_memory_gib()}
     print(f"{runner.name:>6}: {result['tokens_per_sec']:,.0f} tokens/s | step "
           f"{1000 * seconds:.1f} ms (median of {len(step_seconds)}, "
           f"{1000 * min(step_seconds):.0f}-{1000 * max(step_seconds):.0f}) | MFU "
-          f"{100 * result['mfu']:.1f}% | peak memory "
-          f"{'(one process for both)' if memory is None else f'{memory:.2f} GiB'}", flush=True)
+          f"{100 * result['mfu']:.1f}% | peak memory {result['peak_memory_gib']:.2f} GiB",
+          flush=True)
     return result
+
+
+def run_pairs(argv: list[str], pairs: int) -> list[dict]:
+    """Runs this script once per framework per pair, each in its own process, alternating."""
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for pair in range(pairs):
+            for framework in ("lmlib", "torch"):
+                out = os.path.join(tmp, f"{pair}-{framework}.json")
+                subprocess.run([sys.executable, __file__, *argv, f"--framework={framework}",
+                                f"--json={out}"], check=True)
+                with open(out) as f:
+                    results.extend(json.load(f)["results"])
+    ratios = [a["tokens_per_sec"] / b["tokens_per_sec"]
+              for a, b in zip(results[::2], results[1::2])]
+    print(f"lmlib/torch tokens/s, pair by pair: {', '.join(f'{r:.2f}x' for r in ratios)}; "
+          f"median {np.median(ratios):.2f}x", flush=True)
+    return results
 
 
 def main() -> None:
@@ -174,7 +189,21 @@ def main() -> None:
     parser.add_argument("--precision", choices=["bf16", "f32"], default="bf16",
                         help="compute dtype on both sides (weights stay float32)")
     parser.add_argument("--json", default="", help="also write the results to this file")
+    parser.add_argument("--pairs", type=int, default=3, help="with --framework=both")
     args = parser.parse_args()
+    if args.framework == "both":
+        passed = [a for a in sys.argv[1:]
+                  if not a.startswith(("--framework", "--json", "--pairs"))]
+        results = run_pairs(passed, args.pairs)
+    else:
+        results = [run_one(args)]
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                       "results": results}, f, indent=1)
+
+
+def run_one(args: argparse.Namespace) -> dict:
     xla_flags.set_defaults()  # lmlib's, as lmlib.main sets them
     config = PRESETS[args.model]()
     overrides = {"seq_len": args.seq_len} if args.seq_len else {}
@@ -186,27 +215,12 @@ def main() -> None:
         overrides["unroll_layers"] = True
     config = LlamaConfig(**{**config.__dict__, **overrides})
     bf16 = args.precision == "bf16"
-    if args.framework == "both":  # JAX would take 75% of a GPU's memory up front
-        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    runners = []
-    if args.framework in ("lmlib", "both"):
-        runners.append(lmlib_runner(config, args.batch_size, bf16, args.steps + args.warmup,
-                                    args.loss_chunk_len))
-    if args.framework in ("torch", "both"):
-        runners.append(torch_runner(config, args.batch_size, bf16))
-    times = time_steps(runners, args.steps, args.warmup)
-    shared = len(runners) > 1 and any(r.host_memory for r in runners)
-    results = [report(r, config, args.batch_size, times[r.name], shared) for r in runners]
-    if len(results) == 2:
-        ratios = [a / b for a, b in zip(times["torch"], times["lmlib"])]
-        ratio = results[0]["tokens_per_sec"] / results[1]["tokens_per_sec"]
-        print(f"lmlib/torch tokens/s: {ratio:.2f}x (step pairs: median {np.median(ratios):.2f}x, "
-              f"{min(ratios):.2f}-{max(ratios):.2f}x)", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "xla_flags": os.environ["XLA_FLAGS"],
-                       "results": results}, f, indent=1)
-
+    if args.framework == "lmlib":
+        runner = lmlib_runner(config, args.batch_size, bf16, args.steps + args.warmup,
+                              args.loss_chunk_len)
+    else:
+        runner = torch_runner(config, args.batch_size, bf16)
+    return report(runner, config, args.batch_size, time_steps(runner, args.steps, args.warmup))
 
 if __name__ == "__main__":
     main()
