@@ -199,9 +199,16 @@ def packed_docs(segment_ids_bt: jax.Array, max_docs: int = CUDNN_MAX_DOCS_PER_RO
         overflow=jnp.any(starts_bt.sum(axis=1) > max_docs))
 
 
+class CausalMask(NamedTuple):
+    """A dense (B, 1, T, T) mask known to be causal (training rows): no query attends to a later
+    position, so attention may skip the blocks above the diagonal."""
+    dense_b1tt: jax.Array
+
+
 # What attention masks with: a dense (B, 1, T, S) boolean mask (any pattern: decoding with a
-# cache, padding), or the packed documents of a training batch (causal within each document).
-Mask = jax.Array | PackedDocs
+# cache, padding), a causal one (training rows for XLA), or the packed documents of a training
+# batch (causal within each document, for cuDNN).
+Mask = jax.Array | CausalMask | PackedDocs
 
 
 def training_mask(segment_ids_bt: jax.Array, implementation: str) -> Mask:
@@ -210,7 +217,7 @@ def training_mask(segment_ids_bt: jax.Array, implementation: str) -> Mask:
     if implementation == "auto":
         implementation = "cudnn" if jax.default_backend() == "gpu" else "xla"
     if implementation == "xla":
-        return attention_mask(segment_ids_bt)
+        return CausalMask(attention_mask(segment_ids_bt))
     if jax.default_backend() != "gpu":
         raise ConfigError(f"model.attention_impl={implementation!r} needs a GPU; this run has "
                           f"{jax.default_backend()} devices (use auto or xla)")
@@ -222,7 +229,8 @@ def dot_product_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Arra
     """Masked attention; the mask's form chooses the implementation (see training_mask).
 
     Packed documents (training on a GPU) go to cuDNN's packed flash attention, which skips the
-    masked blocks; dense masks (XLA training, decoding with a cache) to XLA. Grouped-query
+    masked blocks; causal masks (training elsewhere) and dense ones (decoding with a cache) to
+    XLA, which on a CPU skips the blocks above a causal mask's diagonal. Grouped-query
     attention (N a multiple of K) is handled here; logits and softmax are float32.
     """
     if isinstance(mask, PackedDocs):
@@ -236,9 +244,11 @@ def dot_product_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Arra
         return jax.lax.cond(mask.overflow, dense, functools.partial(_cudnn_packed_attention,
                                                                     docs=mask),
                             q_btnh, k_bskh, v_bskh)
+    causal = isinstance(mask, CausalMask)
+    mask = mask.dense_b1tt if causal else mask
     if q_btnh.dtype == jnp.bfloat16 and jax.default_backend() == "cpu":
-        return _cpu_bf16_attention(q_btnh, k_bskh, v_bskh, mask,
-                                   q_btnh.shape[2] // k_bskh.shape[2])
+        return _cpu_bf16_attention_blocks(q_btnh, k_bskh, v_bskh, mask,
+                                          CPU_CAUSAL_BLOCKS if causal else 1)
     return jax.nn.dot_product_attention(q_btnh, k_bskh, v_bskh, mask=mask, implementation="xla")
 
 
@@ -252,6 +262,25 @@ def _cudnn_packed_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Ar
         q_btnh, k_bskh, v_bskh, q_seqlen=docs.lengths_bm, kv_seqlen=docs.lengths_bm,
         q_offsets=docs.offsets_bm, kv_offsets=docs.offsets_bm,
         scale=q_btnh.shape[-1] ** -0.5, mask_type=MaskType.PADDING_CAUSAL)
+
+
+# Causal attention on a CPU in this many query blocks, each against the keys up to its end: the
+# blocks above the diagonal are all masked, so they are skipped. On the demo (T = 256), 2 blocks
+# take a layer's attention forward+backward from 33.5 to 28.0 ms and the step from 433 to
+# 400 ms (same-process A/B); 4 blocks, 28.6 ms.
+CPU_CAUSAL_BLOCKS = 2
+
+
+def _cpu_bf16_attention_blocks(q_btnh, k_bskh, v_bskh, mask_b1ts, blocks: int):
+    groups, length = q_btnh.shape[2] // k_bskh.shape[2], q_btnh.shape[1]
+    if blocks == 1 or length % blocks:
+        return _cpu_bf16_attention(q_btnh, k_bskh, v_bskh, mask_b1ts, groups)
+    size = length // blocks
+    return jnp.concatenate([
+        _cpu_bf16_attention(q_btnh[:, i * size:(i + 1) * size], k_bskh[:, :(i + 1) * size],
+                            v_bskh[:, :(i + 1) * size],
+                            mask_b1ts[:, :, i * size:(i + 1) * size, :(i + 1) * size], groups)
+        for i in range(blocks)], axis=1)
 
 
 # The same attention for bfloat16 on a CPU, written for XLA:CPU's fast dots (bf16 x bf16 -> f32,
