@@ -46,7 +46,9 @@ class Runner:
     """One framework's training step, ready to run: `step()` runs one step to completion."""
     name: str
     step: Callable[[], None]
-    peak_flops: float
+    # Asked for after the timed steps: on a CPU the peak is measured with an XLA matmul, whose
+    # thread pool should not be running while torch's steps are timed.
+    peak_flops: Callable[[], float]
     peak_memory_gib: Callable[[], float]
 
 
@@ -85,11 +87,14 @@ def lmlib_runner(config: LlamaConfig, batch_size: int, bf16: bool, total_steps: 
             state, metrics = step_fn(state, batch)
         jax.block_until_ready(metrics)
 
-    stats = jax.devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        return Runner("lmlib", step, peak_flops_per_device() * jax.device_count(),
-                      lambda: jax.devices()[0].memory_stats()["peak_bytes_in_use"] / 2**30)
-    return Runner("lmlib", step, peak_flops_per_device() * jax.device_count(), peak_host_gib)
+    def peak_memory_gib() -> float:
+        stats = jax.devices()[0].memory_stats() or {}  # none on a CPU
+        if "peak_bytes_in_use" in stats:
+            return stats["peak_bytes_in_use"] / 2**30
+        return peak_host_gib()
+
+    return Runner("lmlib", step, lambda: peak_flops_per_device() * jax.device_count(),
+                  peak_memory_gib)
 
 
 def torch_runner(config: LlamaConfig, batch_size: int, bf16: bool) -> Runner:
@@ -97,7 +102,7 @@ def torch_runner(config: LlamaConfig, batch_size: int, bf16: bool) -> Runner:
     import transformers
 
     from lmlib import hf
-    from lmlib.train.metrics import PEAK_FLOPS, peak_flops_per_device
+    from lmlib.train.metrics import datasheet_peak_flops, peak_flops_per_device
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -120,11 +125,9 @@ def torch_runner(config: LlamaConfig, batch_size: int, bf16: bool) -> Runner:
         loss.item()
 
     if cuda:
-        name = torch.cuda.get_device_name().lower()
-        peak = next((f for k, f in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0]))
-                     if k in name), float("nan"))
-        return Runner("torch", step, peak, lambda: torch.cuda.max_memory_allocated() / 2**30)
-    return Runner("torch", step, peak_flops_per_device(), peak_host_gib)
+        return Runner("torch", step, lambda: datasheet_peak_flops(torch.cuda.get_device_name()),
+                      lambda: torch.cuda.max_memory_allocated() / 2**30)
+    return Runner("torch", step, peak_flops_per_device, peak_host_gib)
 
 
 def time_steps(runner: Runner, steps: int, warmup: int) -> list[float]:
@@ -142,11 +145,12 @@ def report(runner: Runner, config: LlamaConfig, batch_size: int,
            step_seconds: list[float]) -> dict:
     seconds = float(np.median(step_seconds))
     tokens = batch_size * config.seq_len
+    memory = runner.peak_memory_gib()  # before measuring a CPU's peak adds XLA's buffers
     result = {"framework": runner.name, "step_seconds": seconds,
               "step_seconds_range": [min(step_seconds), max(step_seconds)],
               "tokens_per_sec": tokens / seconds,
-              "mfu": config.flops_per_token() * tokens / seconds / runner.peak_flops,
-              "peak_memory_gib": runner.peak_memory_gib()}
+              "mfu": config.flops_per_token() * tokens / seconds / runner.peak_flops(),
+              "peak_memory_gib": memory}
     print(f"{runner.name:>6}: {result['tokens_per_sec']:,.0f} tokens/s | step "
           f"{1000 * seconds:.1f} ms (median of {len(step_seconds)}, "
           f"{1000 * min(step_seconds):.0f}-{1000 * max(step_seconds):.0f}) | MFU "

@@ -57,15 +57,20 @@ def cpu_peak_flops() -> float:
     return 2 * size**3 / best
 
 
-def peak_flops_per_device(device: jax.Device | None = None) -> float:
-    device = device or jax.devices()[0]
-    if device.platform == "cpu":
-        return cpu_peak_flops() / jax.local_device_count()
-    kind = device.device_kind.lower()
+def datasheet_peak_flops(device_kind: str) -> float:
+    """PEAK_FLOPS of the longest name that `device_kind` ("NVIDIA H100 80GB HBM3") contains."""
+    kind = device_kind.lower()
     for name, flops in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])):
         if name in kind:
             return flops
     return math.nan
+
+
+def peak_flops_per_device(device: jax.Device | None = None) -> float:
+    device = device or jax.devices()[0]
+    if device.platform == "cpu":
+        return cpu_peak_flops() / jax.local_device_count()
+    return datasheet_peak_flops(device.device_kind)
 
 
 def format_duration(seconds: float) -> str:
