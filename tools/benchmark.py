@@ -61,7 +61,7 @@ def lmlib_runner(config: LlamaConfig, batch_size: int, bf16: bool, total_steps: 
     from lmlib.train.metrics import peak_flops_per_device
     from lmlib.train.optimizer import AdamW
     from lmlib.train.state import init_state, state_layout
-    from lmlib.train.step import StepConfig, make_train_step
+    from lmlib.train.step import StepConfig, make_train_step, random_batch
 
     mesh = make_mesh(MeshConfig())
     adamw = AdamW()
@@ -73,11 +73,7 @@ def lmlib_runner(config: LlamaConfig, batch_size: int, bf16: bool, total_steps: 
                                    loss_chunk_len=loss_chunk_len)),
         in_shardings=(layout.shardings, batch_sharding(mesh)),
         out_shardings=(layout.shardings, None), donate_argnums=0)
-    shape = (batch_size, config.seq_len)
-    tokens = np.random.default_rng(0).integers(0, config.vocab_size, shape, dtype=np.int32)
-    batch = {"tokens": tokens, "targets": np.roll(tokens, -1, axis=1),
-             "positions": np.broadcast_to(np.arange(config.seq_len, dtype=np.int32), shape),
-             "segment_ids": np.ones(shape, np.int32), "weights": np.ones(shape, np.float32)}
+    batch = random_batch(config.vocab_size, batch_size, config.seq_len)
     batch = jax.device_put(batch, batch_sharding(mesh))
     state = init_state(layout)
 

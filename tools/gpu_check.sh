@@ -43,7 +43,7 @@ run_variant() {
     torch_b16) bench torch_b16 "" --framework=torch --batch_size=16 ;;
     profile) echo "== profile (tools/profile_step.py, unrolled, remat none; trace in \$OUT)"
         timeout 200 python3 tools/profile_step.py --model="$MODEL" --batch_size="$BATCH" \
-            --remat=none --unroll --trace=/tmp/trace > "$OUT/profile.log" 2>&1
+            --loss_chunk_len=512 --remat=none --unroll --trace=/tmp/trace > "$OUT/profile.log" 2>&1
         echo "   exit $?"; grep -E "ms" "$OUT/profile.log"
         # The trace file alone, at the top of $OUT (the profiler nests it four folders down).
         find /tmp/trace -name "*.xplane.pb" -exec cp {} "$OUT/step.xplane.pb" \; ;;

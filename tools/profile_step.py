@@ -23,9 +23,10 @@ from flax import nnx
 from lmlib import xla_flags
 from lmlib.mesh import MeshConfig, make_mesh
 from lmlib.models import LlamaConfig, layers
+from lmlib.train.loop import TrainerConfig
 from lmlib.train.optimizer import AdamW
 from lmlib.train.state import init_state, state_layout
-from lmlib.train.step import StepConfig, loss_sums, make_train_step
+from lmlib.train.step import StepConfig, loss_sums, make_train_step, random_batch
 
 PRESETS = {"demo": LlamaConfig.demo, "llama_1b": LlamaConfig.llama_1b}
 
@@ -51,6 +52,8 @@ def main() -> None:
     parser.add_argument("--remat", default="", help="remat policy (none|minimal|full)")
     parser.add_argument("--attention", default="", help="attention (auto|xla|cudnn)")
     parser.add_argument("--unroll", action="store_true", help="no layer loop")
+    parser.add_argument("--loss_chunk_len", type=int, default=TrainerConfig.loss_chunk_len,
+                        help="positions per cross-entropy chunk (the demo trains with 32)")
     parser.add_argument("--trace", default="", help="also write a profiler trace of 3 train "
                         "steps to this directory (TensorBoard's profile plugin, xprof)")
     args = parser.parse_args()
@@ -61,17 +64,14 @@ def main() -> None:
     c = dataclasses.replace(c, **{k: v for k, v in overrides.items() if v})
     dtype = jnp.bfloat16 if args.precision == "bf16" else jnp.float32
     b, t = args.batch_size, c.seq_len
+    batch = random_batch(c.vocab_size, b, t)
     rng = np.random.default_rng(0)
-    tokens = rng.integers(0, c.vocab_size, (b, t), dtype=np.int32)
-    batch = {"tokens": tokens, "targets": np.roll(tokens, -1, axis=1),
-             "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)),
-             "segment_ids": np.ones((b, t), np.int32), "weights": np.ones((b, t), np.float32)}
     mesh = make_mesh(MeshConfig())
     adamw = AdamW()
     optimizer = adamw.make(100)
     layout = state_layout(c, optimizer, mesh, seed=0)
     state = init_state(layout)
-    config = StepConfig(dtype, num_microbatches=1, loss_chunk_len=512)
+    config = StepConfig(dtype, num_microbatches=1, loss_chunk_len=args.loss_chunk_len)
     step_flops = c.flops_per_token() * b * t
 
     def hidden(params, batch):

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -22,6 +23,16 @@ class StepConfig:
     compute_dtype: jnp.dtype  # parameters are cast to it for the forward pass
     num_microbatches: int  # gradient accumulation steps per optimizer step
     loss_chunk_len: int  # positions per chunk of the cross-entropy
+
+
+def random_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 0) -> Batch:
+    """Random tokens in the layout the train step reads, one document a row: what the
+    benchmarks and profiles time, leaving the data pipeline out."""
+    shape = (batch_size, seq_len)
+    tokens = np.random.default_rng(seed).integers(0, vocab_size, shape, dtype=np.int32)
+    return {"tokens": tokens, "targets": np.roll(tokens, -1, axis=1),
+            "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), shape),
+            "segment_ids": np.ones(shape, np.int32), "weights": np.ones(shape, np.float32)}
 
 
 def loss_sums(params, graphdef: nnx.GraphDef, batch: Batch,
