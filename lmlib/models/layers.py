@@ -133,9 +133,11 @@ class Llama3RopeScaling:
 
 def rope_inv_freq(head_dim: int, theta: float,
                   scaling: Llama3RopeScaling | None = None) -> np.ndarray:
-    """(H/2,) rotation frequencies, computed in float32 as HF does so that logits match."""
-    inv_freq_h = np.float32(1.0) / np.float32(theta) ** (
-        np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim))
+    """(H/2,) rotation frequencies in float32, as HF computes them so that logits match: the
+    power is taken in float64 and rounded once, which gives torch's float32 power."""
+    exponent_h = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
+    power_h = (np.float64(np.float32(theta)) ** exponent_h.astype(np.float64)).astype(np.float32)
+    inv_freq_h = np.float32(1.0) / power_h
     if scaling is None:
         return inv_freq_h
     s = scaling
@@ -159,8 +161,8 @@ def rope_table(head_dim: int, theta: float, scaling: Llama3RopeScaling | None,
                num_positions: int) -> tuple[np.ndarray, np.ndarray]:
     """(cos, sin) of positions 0 .. num_positions - 1, each (num_positions, H/2) float32."""
     angles = (np.arange(num_positions, dtype=np.float32)[:, None]
-              * rope_inv_freq(head_dim, theta, scaling))
-    return np.cos(angles), np.sin(angles)
+              * rope_inv_freq(head_dim, theta, scaling)).astype(np.float64)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
 def apply_rope(x_btnh: jax.Array, positions_bt: jax.Array, theta: float,
