@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -246,14 +247,47 @@ Mask = jax.Array | CausalMask | PackedDocs
 def training_mask(segment_ids_bt: jax.Array, implementation: str) -> Mask:
     """The mask of packed training rows in the form that `implementation` (model.attention_impl)
     reads: packed documents for cuDNN ("auto" on a GPU), the dense mask for XLA."""
+    gpu = jax.default_backend() == "gpu"
     if implementation == "auto":
-        implementation = "cudnn" if jax.default_backend() == "gpu" else "xla"
+        implementation = "cudnn" if gpu and cudnn_packed_attention() else "xla"
+        if gpu and implementation == "xla":
+            _warn_once(f"jax {jax.__version__} has no cuDNN packed attention in the form lmlib "
+                       "calls (see layers.cudnn_packed_attention): training uses XLA's "
+                       "attention, slower and larger on long sequences")
     if implementation == "xla":
         return CausalMask(attention_mask(segment_ids_bt))
-    if jax.default_backend() != "gpu":
+    if not gpu:
         raise ConfigError(f"model.attention_impl={implementation!r} needs a GPU; this run has "
                           f"{jax.default_backend()} devices (use auto or xla)")
+    if not cudnn_packed_attention():
+        raise ConfigError(f"model.attention_impl={implementation!r}: jax {jax.__version__} has "
+                          "no cuDNN packed attention in the form lmlib calls (use auto or xla)")
     return packed_docs(segment_ids_bt)
+
+
+@functools.cache
+def cudnn_packed_attention() -> Callable | None:
+    """jax's cuDNN attention with per-row document offsets, or None where this jax lacks it.
+
+    jax.nn.dot_product_attention does not expose the offsets, so lmlib calls the private function
+    behind it; a jax upgrade may move or change it, and then training falls back to XLA (auto)
+    or stops with a ConfigError (cudnn) instead of failing inside a trace.
+    """
+    try:
+        from jax._src.cudnn import fused_attention_stablehlo as cudnn
+        parameters = inspect.signature(cudnn.dot_product_attention).parameters
+        if {"q_seqlen", "kv_seqlen", "q_offsets", "kv_offsets", "scale", "mask_type"} \
+                <= parameters.keys() and hasattr(cudnn.MaskType, "PADDING_CAUSAL"):
+            return functools.partial(cudnn.dot_product_attention,
+                                     mask_type=cudnn.MaskType.PADDING_CAUSAL)
+    except (ImportError, AttributeError, TypeError, ValueError):
+        pass
+    return None
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    print(f"warning: {message}", flush=True)
 
 
 def dot_product_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array,
@@ -286,14 +320,9 @@ def dot_product_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Arra
 
 def _cudnn_packed_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array,
                             docs: PackedDocs) -> jax.Array:
-    # jax.nn.dot_product_attention does not expose cuDNN's packed layout (segment offsets);
-    # this is the function it calls, with the offsets.
-    from jax._src.cudnn.fused_attention_stablehlo import MaskType
-    from jax._src.cudnn.fused_attention_stablehlo import dot_product_attention as cudnn_attention
-    return cudnn_attention(
+    return cudnn_packed_attention()(
         q_btnh, k_bskh, v_bskh, q_seqlen=docs.lengths_bm, kv_seqlen=docs.lengths_bm,
-        q_offsets=docs.offsets_bm, kv_offsets=docs.offsets_bm,
-        scale=q_btnh.shape[-1] ** -0.5, mask_type=MaskType.PADDING_CAUSAL)
+        q_offsets=docs.offsets_bm, kv_offsets=docs.offsets_bm, scale=q_btnh.shape[-1] ** -0.5)
 
 
 # Causal attention on a CPU in this many query blocks, each against the keys up to its end: the

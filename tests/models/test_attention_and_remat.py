@@ -73,6 +73,12 @@ def test_cudnn_without_a_gpu_is_a_config_error_naming_the_key():
         layers.training_mask(jnp.ones((1, 8), jnp.int32), "cudnn")
 
 
+def test_jax_still_has_the_cudnn_packed_attention_lmlib_calls():
+    """The private cuDNN entry point with per-row document offsets: a jax upgrade that moves or
+    changes it fails here, on any machine, instead of slowing GPU training down unnoticed."""
+    assert layers.cudnn_packed_attention() is not None
+
+
 def test_packed_docs_describe_each_document_of_each_row():
     """What cuDNN's packed attention reads: each document's start and length, -1 after the last,
     and the overflow flag for rows of more documents than it takes."""
