@@ -3,7 +3,8 @@
 Prompts of different lengths are left-padded to one length P, so every row writes its next token
 into the same cache slot. A row's padding slots are masked out of attention and its positions
 start at 0 at its first real token, so a padded row computes exactly what it would alone.
-Both the prefill and the step function are compiled once per (batch, P, max_new_tokens).
+Both the prefill and the step function are compiled once per (batch, P, max_new_tokens) and
+sampling settings.
 """
 
 from __future__ import annotations
@@ -48,20 +49,60 @@ def sample_logits(logits_bv: jax.Array, key: jax.Array, config: SamplingConfig) 
 
 
 class Sampler:
-    """Generates from `params` of a model; reuse it for many batches (compiled once per shape)."""
+    """Generates from `params` of a model; reuse it for many batches (compiled once per shape).
+
+    Each new token is one compiled call (forward, sampling and the EOS bookkeeping together) and
+    one transfer of the (B,) tokens to the host, to stream them: at batch 1 on a CPU the step's
+    separate eager operations had cost more than the model itself.
+    """
 
     def __init__(self, config: ModelConfig, params, dtype=jnp.float32):
         self.config = config
         self.dtype = dtype
         self.graphdef, _ = nnx.split(nnx.eval_shape(lambda: config.make(nnx.Rngs(0))))
         self.params = params  # may be replaced, e.g. by the training loop's current params
-        self._forward = jax.jit(self._forward_impl, donate_argnums=(4,))
+        self._prefill = jax.jit(self._prefill_impl, static_argnums=(5,), donate_argnums=(4,))
+        self._step = jax.jit(self._step_impl, static_argnums=(4,), donate_argnums=(1,))
 
-    def _forward_impl(self, params, tokens_bt, positions_bt, mask_b1ts, kv_cache, cache_index):
+    def _logits(self, params, tokens_bt, positions_bt, mask_b1ts, kv_cache, cache_index):
+        """Float32 logits (B, V) of each row's last position, and the updated cache."""
         model = nnx.merge(self.graphdef, jax.tree.map(lambda p: p.astype(self.dtype), params))
         hidden_btd, kv_cache = model.forward(tokens_bt, positions_bt, mask_b1ts, kv_cache,
                                              cache_index)
         return model.logits(hidden_btd[:, -1:])[:, 0].astype(jnp.float32), kv_cache
+
+    @staticmethod
+    def _sample(logits_bv, key, done_b, sampling: SamplingConfig):
+        """The next token of each row; a finished row repeats EOS."""
+        token_b = sample_logits(logits_bv, key, sampling)
+        if sampling.eos_id is None:
+            return token_b, done_b
+        token_b = jnp.where(done_b, sampling.eos_id, token_b)
+        return token_b, done_b | (token_b == sampling.eos_id)
+
+    def _prefill_impl(self, params, tokens_bt, pad_b, key, kv_cache, sampling: SamplingConfig):
+        """The prompts into the cache, and the first new token."""
+        batch, prompt_len = tokens_bt.shape
+        slot_s = jnp.arange(kv_cache[0].shape[2])
+        causal_ts = slot_s[None, :] <= jnp.arange(prompt_len)[:, None]
+        mask_b1ts = ((slot_s[None, :] >= pad_b[:, None])[:, None, :] & causal_ts[None])[:, None]
+        positions_bt = jnp.maximum(jnp.arange(prompt_len)[None, :] - pad_b[:, None], 0)
+        logits_bv, kv_cache = self._logits(params, tokens_bt, positions_bt, mask_b1ts, kv_cache,
+                                           jnp.int32(0))
+        done_b = jnp.zeros(batch, jnp.bool_)
+        return (*self._sample(logits_bv, key, done_b, sampling), kv_cache)
+
+    def _step_impl(self, params, kv_cache, state, index, sampling: SamplingConfig):
+        """Feeds the last tokens, written at cache slot `index`, and samples the next ones."""
+        token_b, done_b, pad_b, key = state
+        slot_s = jnp.arange(kv_cache[0].shape[2])
+        mask_b1ts = ((slot_s[None, :] >= pad_b[:, None]) & (slot_s <= index))[:, None, None]
+        positions_bt = (index - pad_b)[:, None]
+        logits_bv, kv_cache = self._logits(params, token_b[:, None], positions_bt, mask_b1ts,
+                                           kv_cache, index)
+        key, subkey = jax.random.split(key)
+        token_b, done_b = self._sample(logits_bv, subkey, done_b, sampling)
+        return (token_b, done_b, pad_b, key), kv_cache
 
     def _empty_cache(self, batch: int, slots: int):
         c = self.config
@@ -82,33 +123,17 @@ class Sampler:
         tokens = np.zeros((batch, prompt_len), np.int32)
         for row, prompt in enumerate(prompts):
             tokens[row, pad[row]:] = prompt
-        slot = np.arange(slots, dtype=np.int32)
-        valid_bs = jnp.asarray(slot[None, :] >= pad[:, None])  # padding never attended
-        positions_bs = jnp.asarray(np.maximum(slot[None, :] - pad[:, None], 0))
-
-        def mask(start: int, length: int) -> jax.Array:  # query slots start..start+length-1
-            causal_ts = slot[None, :] <= (start + np.arange(length))[:, None]
-            return (valid_bs[:, None, :] & causal_ts[None])[:, None]
-
-        key = jax.random.key(sampling.seed)
-        cache = self._empty_cache(batch, slots)
-        logits, cache = self._forward(self.params, jnp.asarray(tokens),
-                                      positions_bs[:, :prompt_len], mask(0, prompt_len), cache,
-                                      jnp.int32(0))
-        done = np.zeros(batch, bool)
+        key, subkey = jax.random.split(jax.random.key(sampling.seed))
+        token, done, cache = self._prefill(self.params, tokens, pad, subkey,
+                                           self._empty_cache(batch, slots), sampling)
+        state = (token, done, jnp.asarray(pad), key)
         for step in range(sampling.max_new_tokens):
-            key, subkey = jax.random.split(key)
-            token = np.asarray(sample_logits(logits, subkey, sampling))
-            if sampling.eos_id is not None:
-                token = np.where(done, sampling.eos_id, token)
-                done |= token == sampling.eos_id
+            token, done = np.asarray(state[0]), np.asarray(state[1])
             yield token
             if done.all() or step == sampling.max_new_tokens - 1:
                 return
-            index = prompt_len + step
-            logits, cache = self._forward(self.params, jnp.asarray(token[:, None]),
-                                          positions_bs[:, index:index + 1], mask(index, 1),
-                                          cache, jnp.int32(index))
+            state, cache = self._step(self.params, cache, state, jnp.int32(prompt_len + step),
+                                      sampling)
 
     def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
                  on_token: Callable[[np.ndarray], None] | None = None) -> list[list[int]]:
