@@ -48,6 +48,10 @@ run_variant() {
         # The trace file alone, at the top of $OUT (the profiler nests it four folders down).
         find /tmp/trace -name "*.xplane.pb" -exec cp {} "$OUT/step.xplane.pb" \; ;;
     xla) bench xla "" --framework=lmlib --remat=none --attention=xla ;;
+    generate) echo "== decoding (tools/benchmark_generate.py, the demo Llama, float32)"
+        timeout 170 python3 tools/benchmark_generate.py --batch_sizes=1,32 --new_tokens=64 \
+            > "$OUT/generate.log" 2>&1
+        echo "   exit $?"; grep -E "^batch" "$OUT/generate.log" ;;
     no_triton_gemm) bench no_triton_gemm "--xla_gpu_enable_triton_gemm=false" \
         --framework=lmlib --remat=none ;;
     *) echo "unknown variant $1"; return 1 ;;
