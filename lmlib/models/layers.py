@@ -326,10 +326,10 @@ def _cudnn_packed_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Ar
 
 
 # Causal attention on a CPU in this many query blocks, each against the keys up to its end: the
-# blocks above the diagonal are all masked, so they are skipped. On the demo (T = 256), 2 blocks
-# take a layer's attention forward+backward from 33.5 to 28.0 ms and the step from 433 to
-# 400 ms (same-process A/B); 4 blocks, 28.6 ms.
-CPU_CAUSAL_BLOCKS = 2
+# blocks above the diagonal are all masked, so they are skipped. The demo's train step (T = 256)
+# against 2 blocks, same-process A/B of the whole step (15 rounds, twice): 1 block 1.086x the
+# time, 4 blocks 0.985x and 0.989x, 8 blocks 1.06x.
+CPU_CAUSAL_BLOCKS = 4
 
 
 def _cpu_bf16_attention_blocks(q_btnh, k_bskh, v_bskh, mask_b1ts, blocks: int):
