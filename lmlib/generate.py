@@ -61,48 +61,26 @@ class Sampler:
         self.dtype = dtype
         self.graphdef, _ = nnx.split(nnx.eval_shape(lambda: config.make(nnx.Rngs(0))))
         self.params = params  # may be replaced, e.g. by the training loop's current params
-        self._prefill = jax.jit(self._prefill_impl, static_argnums=(5,), donate_argnums=(4,))
-        self._step = jax.jit(self._step_impl, static_argnums=(4,), donate_argnums=(1,))
+        self._feed = jax.jit(self._feed_impl, static_argnums=(7,), donate_argnums=(1,))
 
-    def _logits(self, params, tokens_bt, positions_bt, mask_b1ts, kv_cache, cache_index):
-        """Float32 logits (B, V) of each row's last position, and the updated cache."""
+    def _feed_impl(self, params, kv_cache, tokens_bt, start, pad_b, key, done_b,
+                   sampling: SamplingConfig):
+        """Writes `tokens_bt` (the prompts, then each new token) into cache slots start.. and
+        samples the next token of each row, (B, 1) to feed back; a finished row repeats EOS."""
+        query_t = start + jnp.arange(tokens_bt.shape[1])
+        slot_s = jnp.arange(kv_cache[0].shape[2])
+        valid_bs = slot_s[None, :] >= pad_b[:, None]  # padding never attended
+        mask_b1ts = (valid_bs[:, None, :] & (slot_s[None, :] <= query_t[:, None])[None])[:, None]
+        positions_bt = jnp.maximum(query_t[None, :] - pad_b[:, None], 0)
         model = nnx.merge(self.graphdef, jax.tree.map(lambda p: p.astype(self.dtype), params))
-        hidden_btd, kv_cache = model.forward(tokens_bt, positions_bt, mask_b1ts, kv_cache,
-                                             cache_index)
-        return model.logits(hidden_btd[:, -1:])[:, 0].astype(jnp.float32), kv_cache
-
-    @staticmethod
-    def _sample(logits_bv, key, done_b, sampling: SamplingConfig):
-        """The next token of each row; a finished row repeats EOS."""
-        token_b = sample_logits(logits_bv, key, sampling)
-        if sampling.eos_id is None:
-            return token_b, done_b
-        token_b = jnp.where(done_b, sampling.eos_id, token_b)
-        return token_b, done_b | (token_b == sampling.eos_id)
-
-    def _prefill_impl(self, params, tokens_bt, pad_b, key, kv_cache, sampling: SamplingConfig):
-        """The prompts into the cache, and the first new token."""
-        batch, prompt_len = tokens_bt.shape
-        slot_s = jnp.arange(kv_cache[0].shape[2])
-        causal_ts = slot_s[None, :] <= jnp.arange(prompt_len)[:, None]
-        mask_b1ts = ((slot_s[None, :] >= pad_b[:, None])[:, None, :] & causal_ts[None])[:, None]
-        positions_bt = jnp.maximum(jnp.arange(prompt_len)[None, :] - pad_b[:, None], 0)
-        logits_bv, kv_cache = self._logits(params, tokens_bt, positions_bt, mask_b1ts, kv_cache,
-                                           jnp.int32(0))
-        done_b = jnp.zeros(batch, jnp.bool_)
-        return (*self._sample(logits_bv, key, done_b, sampling), kv_cache)
-
-    def _step_impl(self, params, kv_cache, state, index, sampling: SamplingConfig):
-        """Feeds the last tokens, written at cache slot `index`, and samples the next ones."""
-        token_b, done_b, pad_b, key = state
-        slot_s = jnp.arange(kv_cache[0].shape[2])
-        mask_b1ts = ((slot_s[None, :] >= pad_b[:, None]) & (slot_s <= index))[:, None, None]
-        positions_bt = (index - pad_b)[:, None]
-        logits_bv, kv_cache = self._logits(params, token_b[:, None], positions_bt, mask_b1ts,
-                                           kv_cache, index)
+        hidden_btd, kv_cache = model.forward(tokens_bt, positions_bt, mask_b1ts, kv_cache, start)
+        logits_bv = model.logits(hidden_btd[:, -1:])[:, 0].astype(jnp.float32)
         key, subkey = jax.random.split(key)
-        token_b, done_b = self._sample(logits_bv, subkey, done_b, sampling)
-        return (token_b, done_b, pad_b, key), kv_cache
+        token_b = sample_logits(logits_bv, subkey, sampling)
+        if sampling.eos_id is not None:
+            token_b = jnp.where(done_b, sampling.eos_id, token_b)
+            done_b = done_b | (token_b == sampling.eos_id)
+        return (token_b[:, None], done_b, key), kv_cache
 
     def _empty_cache(self, batch: int, slots: int):
         c = self.config
@@ -123,17 +101,16 @@ class Sampler:
         tokens = np.zeros((batch, prompt_len), np.int32)
         for row, prompt in enumerate(prompts):
             tokens[row, pad[row]:] = prompt
-        key, subkey = jax.random.split(jax.random.key(sampling.seed))
-        token, done, cache = self._prefill(self.params, tokens, pad, subkey,
-                                           self._empty_cache(batch, slots), sampling)
-        state = (token, done, jnp.asarray(pad), key)
-        for step in range(sampling.max_new_tokens):
-            token, done = np.asarray(state[0]), np.asarray(state[1])
-            yield token
-            if done.all() or step == sampling.max_new_tokens - 1:
+        cache, pad = self._empty_cache(batch, slots), jnp.asarray(pad)
+        key, done = jax.random.key(sampling.seed), jnp.zeros(batch, jnp.bool_)
+        tokens_bt, start = jnp.asarray(tokens), 0
+        for _ in range(sampling.max_new_tokens):
+            (next_bt, done, key), cache = self._feed(self.params, cache, tokens_bt,
+                                                     jnp.int32(start), pad, key, done, sampling)
+            yield np.asarray(next_bt)[:, 0]
+            if np.asarray(done).all():
                 return
-            state, cache = self._step(self.params, cache, state, jnp.int32(prompt_len + step),
-                                      sampling)
+            tokens_bt, start = next_bt, start + tokens_bt.shape[1]
 
     def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
                  on_token: Callable[[np.ndarray], None] | None = None) -> list[list[int]]:
