@@ -104,8 +104,8 @@ def main() -> None:
         timed("AdamW update", jax.jit(optimizer.update), grads, state.opt_state, state.params,
               repeats=repeats)
         timed("forward to hidden states", jax.jit(hidden), state.params, batch, repeats=repeats)
-        timed("its gradient", jax.jit(jax.grad(scalar(hidden, state.params, batch))), state.params, batch,
-              repeats=repeats)
+        timed("its gradient", jax.jit(jax.grad(scalar(hidden, state.params, batch))),
+              state.params, batch, repeats=repeats)
 
         # One layer's pieces on random activations of the model's shapes.
         n, k, h, d, f = c.num_heads, c.kv_heads, c.head_size, c.hidden_dim, c.mlp_dim
@@ -119,7 +119,8 @@ def main() -> None:
         attention_flops = 4 * b * t * t * n * h
         timed("attention forward", jax.jit(attention), q, kk, v, repeats=repeats,
               flops=attention_flops)
-        timed("attention fwd+bwd", jax.jit(jax.grad(scalar(attention, q, kk, v), argnums=(0, 1, 2))),
+        timed("attention fwd+bwd",
+              jax.jit(jax.grad(scalar(attention, q, kk, v), argnums=(0, 1, 2))),
               q, kk, v, repeats=repeats, flops=3 * attention_flops)
         mlp = layers.GatedMLP(d, f, layers.normal(0.02), layers.normal(0.02), nnx.Rngs(0))
         x = jnp.asarray(rng.standard_normal((b, t, d)), dtype)
@@ -131,8 +132,8 @@ def main() -> None:
 
         mlp_flops = 2 * b * t * d * f * 3
         timed("MLP forward", jax.jit(mlp_fn), x, weights, repeats=repeats, flops=mlp_flops)
-        timed("MLP fwd+bwd", jax.jit(jax.grad(scalar(mlp_fn, x, weights), argnums=(0, 1))), x, weights,
-              repeats=repeats, flops=3 * mlp_flops)
+        timed("MLP fwd+bwd", jax.jit(jax.grad(scalar(mlp_fn, x, weights), argnums=(0, 1))),
+              x, weights, repeats=repeats, flops=3 * mlp_flops)
 
 
 if __name__ == "__main__":
