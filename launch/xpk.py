@@ -51,6 +51,36 @@ def train_command(exp: str, workdir: str, overrides: list[str], gpu: bool = Fals
     return shlex.join(args) + (f" {GPU_PROCESS_FLAGS}" if gpu else "")
 
 
+def topology(args: argparse.Namespace) -> tuple[int, int]:
+    """(devices, hosts) of the whole workload."""
+    if args.tpu_type:
+        check_tpu_type(args.tpu_type)
+        generation, size = args.tpu_type.rsplit("-", 1)
+        # v4 and v5p names count TensorCores, two per chip; v5e and v6e names count chips.
+        chips = int(size) // (2 if generation in ("v4", "v5p") else 1) * args.num_slices
+        return chips, max(chips // TPU_CHIPS_PER_HOST[generation], 1)
+    return 8 * args.num_nodes, args.num_nodes
+
+
+def check_experiment(args: argparse.Namespace) -> None:
+    """Resolves the experiment as every host's lmlib.main will, for the workload's devices and
+    hosts: a mistake is found here, not in a crash loop of --max-restarts pods."""
+    from lmlib import experiment
+    from lmlib.errors import ConfigError
+
+    devices, hosts = topology(args)
+    try:
+        config = experiment.resolve(args.exp, args.set, num_devices=devices,
+                                    num_processes=hosts)
+    except ConfigError as e:
+        raise LaunchError(f"{e} (resolved for {devices} devices on {hosts} hosts)") from None
+    data_ways = config.trainer.mesh.resolve(devices)["data"]
+    if args.tpu_type and data_ways % args.num_slices:
+        raise LaunchError(f"--num-slices={args.num_slices} needs trainer.mesh.data to be a "
+                          f"multiple of it (the data axis spans the slices; it is {data_ways}): "
+                          f"--set trainer.mesh.data={args.num_slices}")
+
+
 def xpk_command(args: argparse.Namespace) -> list[str]:
     if not args.workdir.startswith("gs://"):
         raise LaunchError(f"--workdir={args.workdir!r}: a GKE workload needs a gs:// workdir "
@@ -104,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         command = xpk_command(args)
+        check_experiment(args)
     except LaunchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

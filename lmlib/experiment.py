@@ -20,6 +20,7 @@ import importlib
 import pkgutil
 import types
 import typing
+from collections.abc import Iterator
 from typing import Any
 
 from lmlib import hf
@@ -72,20 +73,18 @@ class Experiment:
         return TrainerConfig()
 
     def config(self, init_from: str | None = None) -> ExperimentConfig:
-        """The resolved tree; `init_from` replaces the experiment's own init_from()."""
+        """The experiment's own tree; `init_from` replaces the experiment's own init_from().
+
+        Reads no weights and no data: with init_from and no model() of its own, the model comes
+        from the checkpoint's config.json alone (for a hub id, that one file is fetched)."""
         if init_from is None:
             checkpoint = self.init_from()
             init_from = checkpoint.path if checkpoint else ""
-        model, data = None, self.data()
-        if init_from:
-            hf_dir = hf.resolve_hf_dir(init_from)
-            if type(self).model is Experiment.model:
-                model = hf.model_config_from_hf(hf.read_hf_config(hf_dir))
-            tokenizer = hf.tokenizer_file(hf_dir)
-            if tokenizer and not data.tokenizer.path:
-                data = dataclasses.replace(
-                    data, tokenizer=dataclasses.replace(data.tokenizer, path=str(tokenizer)))
-        return ExperimentConfig(name=type(self).__name__, model=model or self.model(), data=data,
+        if init_from and type(self).model is Experiment.model:
+            model = hf.model_config_from_hf(hf.read_hf_config(hf.hf_config_dir(init_from)))
+        else:
+            model = self.model()
+        return ExperimentConfig(name=type(self).__name__, model=model, data=self.data(),
                                 optimizer=self.optimizer(), trainer=self.trainer(),
                                 init_from=init_from)
 
@@ -206,17 +205,59 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                         metavar="KEY=VALUE", help="override a config field, e.g. data.on_error=skip")
 
 
-def resolve(name: str, overrides: list[str] = ()) -> ExperimentConfig:
-    """The frozen config tree of a registered experiment with --set overrides applied."""
-    # init_from decides the model config and tokenizer that the other overrides then refine.
+def resolve(name: str, overrides: list[str] = (), *, num_devices: int | None = None,
+            num_processes: int | None = None) -> ExperimentConfig:
+    """The frozen config tree of a registered experiment with --set overrides applied, then
+    validated once as a whole: the order of the overrides never matters. The mesh and batch
+    are checked against this machine's devices and processes, or against those given (a
+    launcher resolving for a pod)."""
+    # init_from decides the model config that the other overrides then refine.
     init_from = [o.partition("=")[2].strip() for o in overrides
                  if o.partition("=")[0].strip() == "init_from"]
     config = lookup(name).config(init_from[-1] if init_from else None)
     config = apply_overrides(config, [o for o in overrides
                                       if o.partition("=")[0].strip() != "init_from"])
-    config = _fit_vocab(config)
-    config.trainer.check_fits(config.model)
+    validate(config, num_devices, num_processes)
     return config
+
+
+def validate(config: ExperimentConfig, num_devices: int | None = None,
+             num_processes: int | None = None) -> None:
+    """Every group's own checks (the `validate()` of each config dataclass in the tree), then
+    the checks across groups. Raises the first ConfigError."""
+    def groups(node: Any) -> Iterator[Any]:
+        yield node
+        for field in dataclasses.fields(node):
+            value = getattr(node, field.name)
+            if dataclasses.is_dataclass(value):
+                yield from groups(value)
+
+    for group in groups(config):
+        if hasattr(group, "validate"):
+            group.validate()
+    config.trainer.check_fits(config.model, num_devices, num_processes)
+
+
+def with_tokenizer(config: ExperimentConfig, *, download: bool = True) -> ExperimentConfig:
+    """The tree with init_from's tokenizer in data.tokenizer.path (unless the data names one)
+    and, for finetuning with a tokenizer that has no pad token, a vocabulary grown by one.
+
+    Reads the tokenizer; `download=False` (dry runs) leaves a hub id that is not in the local
+    cache alone, with a note, rather than downloading the checkpoint."""
+    data = config.data
+    if config.init_from and not data.tokenizer.path:
+        hf_dir = hf.resolve_hf_dir(config.init_from, download=download)
+        if hf_dir is None:
+            print(f"init_from={config.init_from}: not in the local Hugging Face cache; the "
+                  "tokenizer was not read (a pad token it lacks would add a vocabulary row)",
+                  flush=True)
+            return config
+        tokenizer = hf.tokenizer_file(hf_dir)
+        if tokenizer:
+            data = dataclasses.replace(
+                data, tokenizer=dataclasses.replace(data.tokenizer, path=str(tokenizer)))
+    config = dataclasses.replace(config, data=data)
+    return _fit_vocab(config)
 
 
 def _fit_vocab(config: ExperimentConfig) -> ExperimentConfig:

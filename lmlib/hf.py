@@ -174,13 +174,19 @@ def _require(hf: dict, key: str, allowed: Sequence[Any]) -> None:
                           f"supported by lmlib (supported: {list(allowed)})")
 
 
+TRAIN_SEQ_LEN = 4096  # the training row length of an imported model, at most
+
+
 def _llama_from_hf(hf: dict, **fields: Any) -> LlamaConfig:
     _require(hf, "hidden_act", ["silu"])
     _require(hf, "attention_bias", [False])
     _require(hf, "mlp_bias", [False])
     num_heads = hf["num_attention_heads"]
     head_dim = hf.get("head_dim")
-    seq_len = hf.get("max_position_embeddings", 2048)
+    max_seq_len = hf.get("max_position_embeddings", 2048)
+    # Train on rows of at most TRAIN_SEQ_LEN tokens: a Llama-3.1's 131,072 would be the
+    # context it supports, not a sane default row (--set model.seq_len asks for more).
+    seq_len = min(max_seq_len, TRAIN_SEQ_LEN)
     # lmlib attends to the whole context; that equals a sliding window only up to its width.
     window = hf.get("sliding_window")
     if window and hf.get("use_sliding_window", True):
@@ -190,7 +196,7 @@ def _llama_from_hf(hf: dict, **fields: Any) -> LlamaConfig:
         num_layers=hf["num_hidden_layers"], num_heads=num_heads,
         num_kv_heads=hf.get("num_key_value_heads") or num_heads,
         head_dim=None if head_dim in (None, hf["hidden_size"] // num_heads) else head_dim,
-        mlp_dim=hf["intermediate_size"], seq_len=seq_len,
+        mlp_dim=hf["intermediate_size"], seq_len=seq_len, max_seq_len=max_seq_len,
         norm_eps=hf.get("rms_norm_eps", 1e-6),
         tie_embeddings=hf.get("tie_word_embeddings", False), **_rope_fields(hf), **fields)
 
@@ -235,7 +241,8 @@ def _llama_to_hf(c: LlamaConfig) -> dict[str, Any]:
           "vocab_size": c.vocab_size, "hidden_size": c.hidden_dim,
           "num_hidden_layers": c.num_layers, "num_attention_heads": c.num_heads,
           "num_key_value_heads": c.kv_heads, "head_dim": c.head_size,
-          "intermediate_size": c.mlp_dim, "max_position_embeddings": c.seq_len,
+          "intermediate_size": c.mlp_dim,
+          "max_position_embeddings": max(c.max_seq_len, c.seq_len),
           "rms_norm_eps": c.norm_eps, "tie_word_embeddings": c.tie_embeddings,
           "hidden_act": "silu", "rope_parameters": rope}
     if c.qkv_bias:
@@ -417,21 +424,47 @@ def open_hf_tensors(hf_dir: str | Path, *, allow_pickle: bool = False) -> Mappin
     return _lazy_tensors(hf_dir, "pickle")
 
 
-def resolve_hf_dir(path_or_id: str) -> Path:
+def _hub_id(path_or_id: str) -> str:
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", path_or_id):
+        raise ConfigError(f"init_from={path_or_id!r}: no such directory, and not a hub id")
+    return path_or_id
+
+
+def resolve_hf_dir(path_or_id: str, *, download: bool = True) -> Path | None:
     """A local Hugging Face directory as it is; a hub id ("org/name") downloaded through
-    huggingface_hub's cache (token from the environment, e.g. HF_TOKEN)."""
+    huggingface_hub's cache (token from the environment, e.g. HF_TOKEN). With
+    `download=False`, a hub id not already in the cache gives None."""
     path = Path(path_or_id).expanduser()
     if path.exists():
         return path
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", path_or_id):
-        raise ConfigError(f"init_from={path_or_id!r}: no such directory, and not a hub id")
-    try:
-        from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(path_or_id, allow_patterns=[
-            "*.json", "*.safetensors", "tokenizer.model"]))
+    hub_id = _hub_id(path_or_id)
+    try:
+        return Path(snapshot_download(hub_id, local_files_only=not download,
+                                      allow_patterns=["*.json", "*.safetensors",
+                                                      "tokenizer.model"]))
     except Exception as e:  # offline, gated, misspelt: the user must fix the id or the network
+        if not download:
+            return None
         raise ConfigError(f"init_from={path_or_id!r}: cannot download from the hub: {e}") from None
+
+
+def hf_config_dir(path_or_id: str) -> Path:
+    """A directory holding the checkpoint's config.json: for a hub id, only that file is
+    fetched (or found in the cache), never the weights."""
+    path = Path(path_or_id).expanduser()
+    if path.exists():
+        return path
+    from huggingface_hub import hf_hub_download
+
+    hub_id = _hub_id(path_or_id)
+    try:
+        return Path(hf_hub_download(hub_id, "config.json")).parent
+    except Exception as e:
+        raise ConfigError(f"init_from={path_or_id!r}: cannot read its config.json (not a local "
+                          f"directory; the hub: {type(e).__name__}). Download it once, or set "
+                          "init_from to a local directory") from None
 
 
 def tokenizer_file(hf_dir: str | Path) -> Path | None:

@@ -54,7 +54,7 @@ class MeshConfig:
     fsdp: int = -1
     tensor: int = 1
 
-    def __post_init__(self):
+    def validate(self) -> None:
         sizes = dataclasses.astuple(self)
         if sizes.count(-1) > 1:
             raise ConfigError("trainer.mesh: at most one of data, fsdp, tensor may be -1")

@@ -17,8 +17,9 @@ from lmlib.errors import ConfigError
 from lmlib.experiment import ExperimentConfig
 from lmlib.generate import Sampler, SamplingConfig
 from lmlib.models import num_params
+from lmlib.train.checkpoint import config_json as ckpt_config_json
 from lmlib.train.loop import Trainer
-from lmlib.train.metrics import MetricsLogger, StagedDirectory
+from lmlib.train.metrics import StagedDirectory, TensorBoardWriter
 
 
 def list_experiments() -> str:
@@ -34,9 +35,12 @@ def show(config: ExperimentConfig) -> str:
     t, m = config.trainer, config.model
     microbatch = t.microbatch_size or t.batch_size
     flops_per_token = m.flops_per_token()
+    max_seq_len = getattr(m, "max_seq_len", 0)
     lines += [
         "",
-        f"model: {type(m).__name__}",
+        f"model: {type(m).__name__}"
+        + (f"; weights from {config.init_from}, read when training starts"
+           if config.init_from else ""),
         f"parameters: {num_params(m):,}",
         f"tokens per step: {t.batch_size * m.seq_len:,} ({t.batch_size} x {m.seq_len})",
         f"microbatches: {t.num_microbatches} of {microbatch} sequences "
@@ -44,6 +48,10 @@ def show(config: ExperimentConfig) -> str:
         f"FLOPs per token: {flops_per_token:,} (6N + 12LHT, training)",
         f"FLOPs per step: {flops_per_token * t.batch_size * m.seq_len:.3e}",
         f"total tokens: {t.num_train_steps * t.batch_size * m.seq_len:,}",
+        *([f"training rows: {m.seq_len:,} tokens (the model supports {max_seq_len:,}: "
+           "--set model.seq_len=N trains on longer rows)"] if max_seq_len > m.seq_len else []),
+        "eval: " + (f"the first {t.eval_batches} batches of the eval split" if t.eval_batches
+                    else "the whole eval split") + f", every {t.eval_every} steps and at the end",
         f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}, mesh "
         + " x ".join(f"{k}={v}" for k, v in t.mesh.resolve(jax.device_count()).items()),
     ]
@@ -99,23 +107,30 @@ def samples_hook(trainer: Trainer):
     return sample
 
 
-def multiple_choice_metrics(trainer: Trainer, params) -> dict[str, float]:
-    """lm-eval-style accuracy on each configured task: {"mc/<task>/acc": ..., ...}."""
+def read_tasks(config: ExperimentConfig) -> dict[str, list[multiple_choice.Question]]:
+    """The multiple-choice tasks by name, read (and so checked) before anything compiles."""
+    tasks = {}
+    for path in config.trainer.multiple_choice.task_list:
+        if not Path(path).is_file():
+            raise ConfigError(f"trainer.multiple_choice.tasks: no such file: {path}")
+        tasks[Path(path).stem] = multiple_choice.read_task(path)
+    return tasks
+
+
+def multiple_choice_metrics(trainer: Trainer, tasks: dict[str, list], params
+                            ) -> dict[str, float]:
+    """lm-eval-style accuracy on each task: {"mc/<task>/acc": ..., ...}."""
     loglik = multiple_choice.make_loglik_fn(trainer.layout.graphdef, params)
     metrics = {}
-    for path in trainer.config.trainer.multiple_choice.task_list:
-        questions = multiple_choice.read_task(path)
+    for name, questions in tasks.items():
         result = multiple_choice.evaluate_task(questions, trainer.data.tokenizer, loglik)
-        metrics.update({f"mc/{Path(path).stem}/{k}": v for k, v in result.items()})
+        metrics.update({f"mc/{name}/{k}": v for k, v in result.items()})
     return metrics
 
 
 def train(config: ExperimentConfig, workdir: str | None) -> None:
-    _save_config(config, workdir)
-    trainer = Trainer(config, workdir)
-    if workdir and jax.process_index() == 0:  # the run's outputs decode on their own
-        for name, content in trainer.data.tokenizer.files().items():
-            (epath.Path(workdir) / name).write_bytes(content)
+    config = experiment.with_tokenizer(config)
+    tasks = read_tasks(config)
     export = config.trainer.hf_export
     if export.every_steps:
         if importlib.util.find_spec("transformers") is None:
@@ -123,10 +138,13 @@ def train(config: ExperimentConfig, workdir: str | None) -> None:
                               "pip install 'lmlib[hf]'")
         if not (export.path or workdir):
             raise ConfigError("trainer.hf_export needs trainer.hf_export.path or --workdir")
+    trainer = Trainer(config, workdir)
+    _save_config(config, workdir)
+    if export.every_steps:
         root = epath.Path(export.path or epath.Path(workdir) / "hf")
         trainer.add_hook(hf_export_hook(trainer, root), export.every_steps)
     if config.trainer.multiple_choice.every_steps:
-        trainer.add_hook(lambda step, state: multiple_choice_metrics(trainer, state.params),
+        trainer.add_hook(lambda step, state: multiple_choice_metrics(trainer, tasks, state.params),
                          config.trainer.multiple_choice.every_steps)
     if config.trainer.samples.every_steps:
         trainer.add_hook(samples_hook(trainer), config.trainer.samples.every_steps)
@@ -136,24 +154,35 @@ def train(config: ExperimentConfig, workdir: str | None) -> None:
 
 
 def evaluate(config: ExperimentConfig, workdir: str | None) -> dict[str, float]:
+    """Scores the run's parameters; the results go to WORKDIR/eval/step_NNNNNN.json and their
+    own TensorBoard run (WORKDIR/eval/tensorboard), never into the training run's records."""
+    config = experiment.with_tokenizer(config)
+    tasks = read_tasks(config)
     trainer = Trainer(config, workdir)
     params, step = trainer.eval_params()
-    metrics = {**trainer.evaluate(params), **multiple_choice_metrics(trainer, params)}
+    metrics = {**trainer.evaluate(params), **multiple_choice_metrics(trainer, tasks, params)}
     print(f"eval loss {metrics['eval/loss']:.4f} | perplexity {metrics['eval/perplexity']:.2f} "
-          f"| bits per byte {metrics['eval/bits_per_byte']:.4f}", flush=True)
+          f"| bits per byte {metrics['eval/bits_per_byte']:.4f} | "
+          f"{metrics['eval/tokens']:,.0f} tokens", flush=True)
     for name, value in metrics.items():
         if name.startswith("mc/"):
             print(f"{name} {value:.4f}", flush=True)
-    # Also into the run's metrics.jsonl and TensorBoard, at the evaluated step.
-    logger = MetricsLogger(workdir, config.trainer.num_train_steps, resume_step=None)
-    logger.write(step, metrics)
-    logger.close()
+    if workdir and jax.process_index() == 0:
+        out = StagedDirectory(epath.Path(workdir) / "eval")
+        (out.local / f"step_{step:06d}.json").write_text(json.dumps(
+            {"step": step, "config": ckpt_config_json(config), "metrics": metrics}, indent=1))
+        writer = TensorBoardWriter(out.local / "tensorboard")
+        writer.scalars(step, metrics)
+        writer.close()
+        out.close()
+        print(f"wrote {out.remote}/step_{step:06d}.json", flush=True)
     return metrics
 
 
 def dry_run(config: ExperimentConfig) -> None:
-    """Builds everything and compiles one step from shapes; reports memory per device."""
-    trainer = Trainer(config)
+    """Compiles one step from shapes alone (no data read, no weights loaded); reports memory
+    per device."""
+    trainer = Trainer(experiment.with_tokenizer(config, download=False))
     start = time.monotonic()
     compiled = trainer.compile()
     seconds = time.monotonic() - start

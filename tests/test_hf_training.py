@@ -53,7 +53,7 @@ def test_continued_pretraining_starts_at_transformers_loss_and_exports(hf_dir, t
     assert "loading Hugging Face weights" in out
 
     # The first batch, rebuilt from the same resolved config.
-    config = experiment.resolve("ContinuePretraining", overrides)
+    config = experiment.with_tokenizer(experiment.resolve("ContinuePretraining", overrides))
     assert config.model.hidden_dim == 64 and config.data.tokenizer.path.endswith("tokenizer.model")
     trainer = Trainer(config)
     batch = next(trainer.train_iterator())
@@ -107,7 +107,7 @@ def test_a_checkpoint_with_only_a_tokenizer_json_trains_and_exports_it(tmp_path)
     run_cli("--exp=ContinuePretraining", *(f"--set={o}" for o in overrides),
             f"--workdir={workdir}")
 
-    resolved = experiment.resolve("ContinuePretraining", overrides)
+    resolved = experiment.with_tokenizer(experiment.resolve("ContinuePretraining", overrides))
     assert resolved.data.tokenizer.path == str(tokenizer_json)
     trainer = Trainer(resolved)
     batch = next(trainer.train_iterator())
@@ -170,7 +170,7 @@ def test_alpaca_style_sft_from_hf_adds_a_pad_row_and_starts_at_transformers_loss
     assert "resizing the vocabulary from 512 to 513" in out
 
     # transformers, with the row added the same way, gives the first step's loss on its batch.
-    config = experiment.resolve("FinetuneHF", overrides)
+    config = experiment.with_tokenizer(experiment.resolve("FinetuneHF", overrides))
     trainer = Trainer(config)
     batch = next(trainer.train_iterator())
     assert 0 < batch["weights"].sum() < (batch["segment_ids"] > 0).sum()  # responses only

@@ -17,7 +17,7 @@ COMMON = ["--exp=Llama2_7B", "--cluster=pod", "--workdir=gs://bucket/runs/7b",
 
 
 def test_tpu_and_gpu_commands_name_image_topology_workdir_and_the_exact_main_line():
-    tpu = launch(*COMMON, "--tpu-type=v5p-256", "--num-slices=2")
+    tpu = launch(*COMMON, "--tpu-type=v5p-256", "--num-slices=2", "--set=trainer.mesh.data=2")
     assert tpu.returncode == 0, tpu.stderr
     words = shlex.split(tpu.stdout)
     assert words[:3] == ["xpk", "workload", "create"]
@@ -26,7 +26,7 @@ def test_tpu_and_gpu_commands_name_image_topology_workdir_and_the_exact_main_lin
     command = next(w for w in words if w.startswith("--command="))
     assert shlex.split(command.removeprefix("--command=")) == [
         "python", "-m", "lmlib.main", "--exp=Llama2_7B", "--workdir=gs://bucket/runs/7b",
-        "--set=trainer.batch_size=1024"]
+        "--set=trainer.batch_size=1024", "--set=trainer.mesh.data=2"]
 
     gpu = launch(*COMMON, "--device-type=h100-80gb-8", "--num-nodes=4")
     assert gpu.returncode == 0, gpu.stderr
@@ -50,3 +50,14 @@ def test_bad_topologies_are_clear_errors():
     local = launch(*[a if not a.startswith("--workdir") else "--workdir=/tmp/x" for a in COMMON],
                    "--tpu-type=v5p-8")
     assert local.returncode == 2 and "needs a gs:// workdir" in local.stderr
+
+
+def test_the_experiment_is_resolved_for_the_pod_before_anything_is_printed():
+    """A mistake that every host would hit is refused here, not in a crash loop of restarts."""
+    for args, message in [(["--exp=Llama2_7BB"], "did you mean Llama2_7B"),
+                          (["--set=trainer.mesh.dta=2"], "did you mean trainer.mesh.data"),
+                          (["--num-slices=2"], "needs trainer.mesh.data to be a multiple of it"),
+                          (["--set=trainer.batch_size=100"], "does not split over")]:
+        result = launch(*COMMON, "--tpu-type=v5p-256", *args)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert not result.stdout and "Traceback" not in result.stderr

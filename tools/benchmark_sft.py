@@ -25,7 +25,7 @@ def measure(exp: str, layout: str, steps: int, overrides: list[str]) -> dict:
     trainer = Trainer(config)
     train_step = trainer.compile()
     batches = trainer.train_iterator()
-    state = trainer.initial_state(None, batches)
+    state = trainer.initial_state(None, None, batches)
     seconds, rows, examples, real, response = [], 0, 0, 0, 0
     for step in range(steps + 2):  # the first two steps warm up
         batch = next(batches)

@@ -36,8 +36,15 @@ def main(argv: list[str] | None = None) -> int:
             data.tokenizer, vocab_size=args.vocab_size, num_samples=args.num_samples,
             seed=args.seed))
         tokenizer = train_tokenizer(data, Path(args.out) / "tokenizer.model")
-    hf.save_hf_tokenizer(args.out, tokenizer.model_proto)
-    print(f"wrote {args.out}: tokenizer.model, tokenizer.json ({tokenizer.vocab_size} pieces)")
+    written = "tokenizer.model, tokenizer.json"
+    try:
+        hf.save_hf_tokenizer(args.out, tokenizer.model_proto)
+    except ModuleNotFoundError as e:  # the base install: no transformers to convert with
+        if e.name != "transformers":
+            raise
+        written = ("tokenizer.model (the tokenizer.json that transformers loads needs "
+                   "pip install 'lmlib[hf]')")
+    print(f"wrote {args.out}: {written}; {tokenizer.vocab_size} pieces")
     return 0
 
 

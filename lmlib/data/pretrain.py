@@ -59,7 +59,7 @@ class PretrainData:
     # consecutive rows, and without this they would land in the same or adjacent batches.
     row_shuffle_window: int = 1024
 
-    def __post_init__(self):
+    def validate(self) -> None:
         choices = {"source": ("stdlib", "urls"), "format": ("auto", *sources.READERS),
                    "text_split": ("file", "blank_line"), "on_error": ("stop", "skip")}
         check_choices(self, "data", choices)
@@ -84,6 +84,7 @@ class PreparedData:
     tokenizer: Tokenizer
     directory: str  # where the shards are read from (a local copy of remote ones)
     manifest: dict
+    fingerprint: str  # of the inputs: files, sizes, dates and reader options
     weights: tuple[float, ...] = (1.0,)  # mixture weight of each dataset
     row_shuffle_window: int = 0
 
@@ -95,7 +96,7 @@ class PreparedData:
             self.shards(split), seq_len=seq_len, batch_size=batch_size, seed=seed,
             shuffle=shuffle, repeat=repeat, row_shuffle_window=self.row_shuffle_window,
             process_index=process_index, process_count=process_count,
-            weights=self.shard_weights(split))
+            weights=self.shard_weights(split), complete=not repeat)
 
     def shards(self, split: str) -> list[str]:
         return [path for path, _ in self._shards(split)]
@@ -205,11 +206,13 @@ def plan_data(config: PretrainData) -> _Plan:
     return _stdlib_plan() if config.source == "stdlib" else _urls_plan(config)
 
 
-def prepare_data(config: PretrainData) -> PreparedData:
-    """Trains the tokenizer and tokenizes the corpus if that was not done before (cached)."""
+def prepare_data(config: PretrainData, tokenizer_path: str | Path | None = None
+                 ) -> PreparedData:
+    """Trains the tokenizer (unless `tokenizer_path`, a run's own, is given) and tokenizes the
+    corpus if that was not done before (cached)."""
     plan = plan_data(config)
     root = cache_dir(config) / plan.name
-    tokenizer_path = _tokenizer_path(config, plan, root)
+    tokenizer_path = tokenizer_path or _tokenizer_path(config, plan, root)
     tokenizer = load_tokenizer(tokenizer_path)
     fingerprints = {"source": plan.name, "tokenizer": tokenizer.fingerprint}
     directory = config.prepared_dir or str(root / tokenizer.fingerprint)
@@ -220,7 +223,8 @@ def prepare_data(config: PretrainData) -> PreparedData:
     if "://" in directory:
         directory = str(_local_copy(directory, manifest, cache_dir(config)))
     weights = tuple(w for _, w in sources.parse_mixture(config.train_urls)) or (1.0,)
-    return PreparedData(tokenizer, directory, manifest, weights, config.row_shuffle_window)
+    return PreparedData(tokenizer, directory, manifest, plan.name, weights,
+                        config.row_shuffle_window)
 
 
 def _local_copy(url: str, manifest: dict, cache: Path) -> Path:
@@ -281,7 +285,8 @@ def _documents(shard_paths: Sequence[str], seed: int, shuffle: bool,
 def packed_dataset(shard_paths: list[str], *, seq_len: int, batch_size: int, seed: int,
                    shuffle: bool, repeat: bool, row_shuffle_window: int = 0,
                    process_index: int = 0, process_count: int = 1,
-                   weights: Sequence[float] | None = None) -> grain.IterDataset:
+                   weights: Sequence[float] | None = None, complete: bool = False
+                   ) -> grain.IterDataset:
     """Batches of packed rows for this process: `batch_size` is the per-process batch.
 
     Every process packs the same stream of rows and keeps block `process_index` of each global
@@ -307,17 +312,34 @@ def packed_dataset(shard_paths: list[str], *, seq_len: int, batch_size: int, see
     if shuffle and row_shuffle_window > 1:
         rows = grain.experimental.WindowShuffleIterDataset(
             rows, window_size=row_shuffle_window, seed=seed)
-    return process_batches(rows, batch_size, process_index, process_count)
+    return process_batches(rows, batch_size, process_index, process_count, complete=complete)
 
 
 def process_batches(rows: grain.IterDataset, batch_size: int, process_index: int,
-                    process_count: int) -> grain.IterDataset:
-    """Global batches of `batch_size * process_count` rows -> this process's block of each."""
-    batches = rows.batch(batch_size * process_count, drop_remainder=True)
+                    process_count: int, *, complete: bool = False) -> grain.IterDataset:
+    """Global batches of `batch_size * process_count` rows -> this process's block of each.
+
+    `complete` (evaluation) keeps the last, partial global batch, filled up with rows that
+    weigh nothing, so that every row of the split is scored whatever the batch size and the
+    number of processes; otherwise the remainder is dropped (training repeats the data)."""
+    global_batch = batch_size * process_count
+    batches = rows.batch(global_batch, drop_remainder=not complete)
+    if complete:
+        batches = batches.map(functools.partial(_fill_batch, size=global_batch))
     if process_count == 1:
         return batches
     block = slice(process_index * batch_size, (process_index + 1) * batch_size)
     return batches.map(lambda batch: {k: v[block] for k, v in batch.items()})
+
+
+def _fill_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """A batch of fewer than `size` rows, completed with zero rows: segment 0 and weight 0, so
+    nothing attends to them or learns from them."""
+    missing = size - len(batch["tokens"])
+    if not missing:
+        return batch
+    return {k: np.concatenate([v, np.zeros((missing, *v.shape[1:]), v.dtype)])
+            for k, v in batch.items()}
 
 
 def _lists_to_tuples(value):

@@ -130,13 +130,14 @@ def is_hub_id(url: str) -> bool:
 def expand_url(url: str, format: str = "auto") -> list[str]:
     """One URL pattern -> the files it names (brace expansion, then globs), sorted.
 
-    A dataset directory (Hugging Face `save_to_disk`, TFDS) is one input; a pattern that
-    matches nothing is an error that names it.
+    A dataset directory (Hugging Face `save_to_disk`, TFDS) is one input. A pattern that
+    matches nothing is an error that names it, and so is each brace member that matches
+    nothing: `web.{000..002}.jsonl.gz` with one file missing must not train on two thirds.
     """
     if format == "hf" and is_hub_id(url):
         return [url]
-    files = []
-    for expanded in braceexpand.braceexpand(url):
+    files, members = [], list(braceexpand.braceexpand(url))
+    for expanded in members:
         try:
             fs, path = fsspec.core.url_to_fs(expanded)
         except ImportError as e:  # e.g. s3:// without s3fs installed
@@ -145,6 +146,9 @@ def expand_url(url: str, format: str = "auto") -> list[str]:
             matches = sorted(fs.glob(path))
         else:
             matches = [path] if fs.exists(path) else []
+        if not matches and len(members) > 1:
+            raise ConfigError(f"no file matches {expanded!r} (a member of {url!r}); name only "
+                              "the files that exist")
         files += [fs.unstrip_protocol(match) if "://" in expanded else match
                   for match in matches]
     if not files:

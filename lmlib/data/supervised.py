@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import hashlib
 import importlib
+import json
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import grain
 import numpy as np
@@ -116,7 +119,7 @@ class SupervisedData:
     tokenizer: TokenizerConfig = TokenizerConfig()  # path: a tokenizer.model or tokenizer.json
     cache_dir: str = ""  # the demo's trained tokenizer; "" = $LMLIB_CACHE or ~/.cache/lmlib
 
-    def __post_init__(self):
+    def validate(self) -> None:
         choices = {"source": ("urls", "stdlib"), "format": ("auto", "jsonl", "parquet", "hf", "tfds"),
                    "layout": ("packed", "padded"), "on_error": ("stop", "skip")}
         check_choices(self, "data", choices)
@@ -243,11 +246,12 @@ def truncate(example: dict[str, np.ndarray], max_len: int, counts: Counts
 # ----------------------------------------------------------------------------- the pipeline
 
 
-def sft_tokenizer(config: SupervisedData) -> Tokenizer:
-    """The configured tokenizer (init_from's, or data.tokenizer.path), else the embedded corpus's,
-    which the demo shares with StdlibLlama so that its checkpoints can be finetuned."""
-    if config.tokenizer.path:
-        return with_pad(load_tokenizer(config.tokenizer.path))
+def sft_tokenizer(config: SupervisedData, path: str | Path | None = None) -> Tokenizer:
+    """`path` (a run's own tokenizer), else the configured one (init_from's, or
+    data.tokenizer.path), else the embedded corpus's, which the demo shares with StdlibLlama so
+    that its checkpoints can be finetuned."""
+    if path or config.tokenizer.path:
+        return with_pad(load_tokenizer(path or config.tokenizer.path))
     if config.source == "urls":
         print("data: no init_from or data.tokenizer.path: using the embedded corpus's "
               f"{config.tokenizer.vocab_size}-piece tokenizer", flush=True)
@@ -274,6 +278,7 @@ class SupervisedExamples:
     tokenizer: Tokenizer
     splits: dict[str, list[dict[str, np.ndarray]]]
     layout: str
+    fingerprint: str  # of the inputs: files, sizes, dates and reader options
 
     def dataset(self, split: str, *, seq_len: int, batch_size: int, seed: int, shuffle: bool,
                 repeat: bool, process_index: int = 0, process_count: int = 1
@@ -284,9 +289,25 @@ class SupervisedExamples:
                             process_count=process_count)
 
 
-def prepare_supervised(config: SupervisedData, seq_len: int) -> SupervisedExamples:
-    """Reads, preprocesses and tokenizes both splits, reporting counts, skips and truncation."""
-    tokenizer = sft_tokenizer(config)
+def inputs_fingerprint(config: SupervisedData) -> str:
+    """Changes when an input file is added, removed, resized or touched, or read otherwise."""
+    if config.source == "stdlib":
+        files = [str(p) for split in ("train", "eval") for p in sources.stdlib_files(split)]
+    else:
+        files = [f for url in sources.split_top_level(f"{config.train_urls},"
+                                                      f"{config.validation_urls}")
+                 for f in sources.expand_url(url, config.format)]
+    described = json.dumps([{f: sources.file_stamp(f) for f in files}, config.source,
+                            config.format, config.preprocess, config.validation_fraction],
+                           sort_keys=True)
+    return "sft-" + hashlib.sha256(described.encode()).hexdigest()[:16]
+
+
+def prepare_supervised(config: SupervisedData, seq_len: int,
+                       tokenizer_path: str | Path | None = None) -> SupervisedExamples:
+    """Reads, preprocesses and tokenizes both splits, reporting counts, skips and truncation.
+    `tokenizer_path`: a run's own tokenizer, which then replaces the configured one."""
+    tokenizer = sft_tokenizer(config, tokenizer_path)
     if config.source == "urls" and not config.validation_urls:
         print(f"data: no validation_urls; holding out {config.validation_fraction:.2%} of the "
               "train examples (by a hash of their text) for validation", flush=True)
@@ -305,7 +326,7 @@ def prepare_supervised(config: SupervisedData, seq_len: int) -> SupervisedExampl
         if not splits[split]:
             raise ConfigError(f"supervised data: no {split} examples left: {summary}")
         print(f"data: {split}: {summary}", flush=True)
-    return SupervisedExamples(tokenizer, splits, config.layout)
+    return SupervisedExamples(tokenizer, splits, config.layout, inputs_fingerprint(config))
 
 
 def example_rows(examples: Sequence[dict[str, np.ndarray]], *, seq_len: int, batch_size: int,
@@ -328,4 +349,5 @@ def example_rows(examples: Sequence[dict[str, np.ndarray]], *, seq_len: int, bat
         num_packing_bins=max(2 * global_batch, 16) if layout == "packed" else global_batch,
         max_sequences_per_bin=None if layout == "packed" else 1, shuffle_bins=shuffle, seed=seed,
         padding_struct={"tokens": pad_id, "loss_mask": 0})
-    return process_batches(rows.map(model_inputs), batch_size, process_index, process_count)
+    return process_batches(rows.map(model_inputs), batch_size, process_index, process_count,
+                           complete=not repeat)

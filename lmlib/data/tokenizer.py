@@ -149,13 +149,19 @@ def train_sentencepiece(documents: Iterable[str], output: str | Path, *, vocab_s
     lines = [line for doc in documents for line in doc.split("\n") if line.strip()]
     sample = random.Random(seed).sample(lines, min(num_samples, len(lines)))
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sample), model_writer=model, vocab_size=vocab_size,
-        model_type="bpe", byte_fallback=True, split_digits=True,
-        normalization_rule_name="identity", remove_extra_whitespaces=False,
-        allow_whitespace_only_pieces=True, user_defined_symbols=["\n"],
-        unk_id=0, bos_id=1, eos_id=2, pad_id=3, input_sentence_size=0,
-        shuffle_input_sentence=False, max_sentence_length=16384, num_threads=2, minloglevel=2)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sample), model_writer=model, vocab_size=vocab_size,
+            model_type="bpe", byte_fallback=True, split_digits=True,
+            normalization_rule_name="identity", remove_extra_whitespaces=False,
+            allow_whitespace_only_pieces=True, user_defined_symbols=["\n"],
+            unk_id=0, bos_id=1, eos_id=2, pad_id=3, input_sentence_size=0,
+            shuffle_input_sentence=False, max_sentence_length=16384, num_threads=2,
+            minloglevel=2)
+    except RuntimeError as e:  # e.g. fewer pieces asked for than the text has characters
+        raise ConfigError(f"training a {vocab_size}-piece tokenizer on {len(sample):,} lines: "
+                          f"{str(e).splitlines()[0]} (data.tokenizer.vocab_size, or "
+                          "--vocab_size)") from None
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_suffix(f".tmp{os.getpid()}")

@@ -28,7 +28,7 @@ class Gpt2Config:
     attention_impl: str = "auto"
     unroll_layers: bool = False  # True: no layer loop (faster steps on CPU, compile grows with L)
 
-    def __post_init__(self):
+    def validate(self) -> None:
         if self.hidden_dim % self.num_heads:
             raise ConfigError(f"model.hidden_dim={self.hidden_dim} is not divisible by "
                               f"model.num_heads={self.num_heads}")

@@ -25,6 +25,9 @@ class LlamaConfig:
     head_dim: int | None = None  # None = hidden_dim // num_heads
     mlp_dim: int = 11008
     seq_len: int = 2048  # training context length
+    # The context the model was built for (Hugging Face max_position_embeddings, kept through
+    # import and export); 0 = seq_len. An imported model trains on shorter rows by default.
+    max_seq_len: int = 0
     rope_theta: float = 10000.0
     # Llama-3.1 RoPE scaling (layers.Llama3RopeScaling); None = plain RoPE. Flat fields, so that
     # `--set` and the JSON config of a checkpoint handle them like any other number.
@@ -40,7 +43,7 @@ class LlamaConfig:
     attention_impl: str = "auto"  # auto | xla | cudnn
     unroll_layers: bool = False  # True: no layer loop (faster steps on CPU, compile grows with L)
 
-    def __post_init__(self):
+    def validate(self) -> None:
         kv_heads = self.num_kv_heads or self.num_heads
         if self.num_heads % kv_heads:
             raise ConfigError(f"model.num_heads={self.num_heads} is not a multiple of "

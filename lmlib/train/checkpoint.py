@@ -43,6 +43,8 @@ RESUMABLE_CHANGES = (
     "trainer.eval_batches", "trainer.checkpoint.", "trainer.peak_flops_per_device",
     "trainer.mesh.", "trainer.microbatch_size", *MODEL_COMPUTE_OPTIONS,
     "data.cache_dir", "data.num_shards", "name",
+    # The tokenizer is checked by its content instead (run_record: a run never swaps it).
+    "data.tokenizer.",
 )
 
 
@@ -53,7 +55,7 @@ class CheckpointConfig:
     load_from: str = ""  # start from these params: a step directory, or a checkpoints/ directory
     async_save: bool = True  # write in the background while training continues
 
-    def __post_init__(self):
+    def validate(self) -> None:
         parse_duration(self.save_interval)
         if self.save_every_steps < 0:
             raise ConfigError("trainer.checkpoint.save_every_steps must be >= 0")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import time
@@ -16,13 +17,15 @@ import numpy as np
 from etils import epath
 
 from lmlib import hf
-from lmlib.data.pretrain import PretrainData, prepare_data, restore_iterator_state
-from lmlib.data.supervised import prepare_supervised
+from lmlib import distributed
+from lmlib.data.pretrain import PreparedData, PretrainData, prepare_data, restore_iterator_state
+from lmlib.data.supervised import SupervisedExamples, prepare_supervised
 from lmlib.errors import ConfigError, TrainingDiverged
 from lmlib.mesh import MeshConfig, batch_sharding, make_mesh
 from lmlib.train import checkpoint as ckpt
 from lmlib.train.checkpoint import CheckpointConfig, Checkpointer
 from lmlib.train.metrics import MetricsLogger, peak_flops_per_device
+from lmlib.train import run_record
 from lmlib.train.preemption import Preemption
 from lmlib.train.state import TrainState, abstract_state, init_state, state_layout
 from lmlib.train.step import StepConfig, make_eval_step, make_train_step
@@ -70,7 +73,9 @@ class TrainerConfig:
     microbatch_size: int = 0  # sequences per gradient-accumulation step; 0 = batch_size
     log_every: int = 10
     eval_every: int = 200  # also at the last step
-    eval_batches: int = 8  # batches of batch_size sequences from the eval split
+    # 0: the whole eval split, the same loss at any batch size; N: its first N batches (a
+    # quick look, which depends on batch_size).
+    eval_batches: int = 0
     precision: str = "p=f32,c=bf16"  # parameter and compute dtypes
     seed: int = 0  # parameters and data order
     loss_chunk_len: int = 128  # positions per cross-entropy chunk: bounds the logits' memory
@@ -81,7 +86,7 @@ class TrainerConfig:
     samples: SamplesConfig = SamplesConfig()
     multiple_choice: MultipleChoiceConfig = MultipleChoiceConfig()
 
-    def __post_init__(self):
+    def validate(self) -> None:
         for name in ("num_train_steps", "batch_size", "log_every", "eval_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"trainer.{name} must be positive, got {getattr(self, name)}")
@@ -102,9 +107,12 @@ class TrainerConfig:
     def num_microbatches(self) -> int:
         return self.batch_size // (self.microbatch_size or self.batch_size)
 
-    def check_fits(self, model: ModelConfig, num_devices: int | None = None) -> None:
-        """Raises a ConfigError when the batch does not split over the mesh and microbatches."""
+    def check_fits(self, model: ModelConfig, num_devices: int | None = None,
+                   num_processes: int | None = None) -> None:
+        """Raises a ConfigError when the batch does not split over the mesh and microbatches
+        (of this machine's devices and processes, or of those given)."""
         num_devices = num_devices or jax.device_count()
+        num_processes = num_processes or jax.process_count()
         sizes = self.mesh.resolve(num_devices)
         batch_ways = sizes["data"] * sizes["fsdp"]
         microbatch = self.microbatch_size or self.batch_size
@@ -115,9 +123,9 @@ class TrainerConfig:
             raise ConfigError(
                 f"trainer.microbatch_size={microbatch} (or batch_size) does not split over "
                 f"data x fsdp = {sizes['data']} x {sizes['fsdp']} = {batch_ways} devices")
-        if self.batch_size % jax.process_count():
+        if self.batch_size % num_processes:
             raise ConfigError(f"trainer.batch_size={self.batch_size} does not split over "
-                              f"{jax.process_count()} processes")
+                              f"{num_processes} processes")
         if self.loss_chunk_len and model.seq_len % self.loss_chunk_len and \
                 self.loss_chunk_len < model.seq_len:
             raise ConfigError(f"model.seq_len={model.seq_len} is not a multiple of "
@@ -136,15 +144,13 @@ class Trainer:
     """One run: mesh, data, compiled steps and state. `train()` is the loop."""
 
     def __init__(self, config: ExperimentConfig, workdir: str | Path | None = None):
+        """`config` is resolved and bound to its tokenizer (experiment.with_tokenizer)."""
         self.config, self.workdir = config, workdir
         trainer, model = config.trainer, config.model
         trainer.check_fits(model)
         self.mesh = make_mesh(trainer.mesh)
-        self.data = (prepare_data(config.data) if isinstance(config.data, PretrainData)
-                     else prepare_supervised(config.data, model.seq_len))
-        if self.data.tokenizer.vocab_size > model.vocab_size:
-            raise ConfigError(f"the tokenizer has {self.data.tokenizer.vocab_size} tokens but "
-                              f"model.vocab_size={model.vocab_size}")
+        # A workdir that a run started in holds that run's tokenizer, which it keeps.
+        self.run = run_record.read(workdir)
         self.optimizer = config.optimizer.make(trainer.num_train_steps)
         self.layout = state_layout(model, self.optimizer, self.mesh, trainer.seed)
         step_config = StepConfig(compute_dtype=trainer.dtypes[1],
@@ -165,8 +171,38 @@ class Trainer:
         peak = trainer.peak_flops_per_device or peak_flops_per_device()
         self.peak_flops = peak * jax.device_count()
         self.hooks: list[Hook] = []
-        self._eval_batches: list[dict] | None = None
-        self._eval_bytes = 0
+        self._eval_bytes: int | None = None
+
+    @functools.cached_property
+    def data(self) -> PreparedData | SupervisedExamples:
+        """The prepared data (tokenized on first use), with the run's own tokenizer when the
+        workdir has one and the config would otherwise train one."""
+        config, run = self.config, self.run
+        tokenizer_path = (run_record.tokenizer_path(self.workdir, run)
+                          if run and not config.data.tokenizer.path else None)
+        data = (prepare_data(config.data, tokenizer_path) if isinstance(config.data, PretrainData)
+                else prepare_supervised(config.data, config.model.seq_len, tokenizer_path))
+        if run and data.tokenizer.fingerprint != run.tokenizer_fingerprint:
+            raise ConfigError(
+                f"{self.workdir} was trained with another tokenizer ({run.tokenizer_fingerprint} "
+                f"in {run_record.RECORD}; data.tokenizer.path={config.data.tokenizer.path} is "
+                f"{data.tokenizer.fingerprint}); a run never swaps its tokenizer. To train these "
+                "weights on with it, start a new --workdir with "
+                f"--set trainer.checkpoint.load_from={self.workdir}")
+        if run and data.fingerprint != run.data_fingerprint:
+            print(f"data: the inputs changed since this run started ({run.data_fingerprint} -> "
+                  f"{data.fingerprint}); continuing with the run's own tokenizer on the current "
+                  "inputs (the data order from here on differs from an uninterrupted run)",
+                  flush=True)
+        if data.tokenizer.vocab_size > config.model.vocab_size:
+            raise ConfigError(f"the tokenizer has {data.tokenizer.vocab_size} tokens but "
+                              f"model.vocab_size={config.model.vocab_size}")
+        return data
+
+    def record_run(self) -> None:
+        """Stores the run's identity (tokenizer, data fingerprint) in a new workdir."""
+        if self.workdir and not self.run:
+            self.run = run_record.write(self.workdir, self.data.tokenizer, self.data.fingerprint)
 
     # ------------------------------------------------------------------ building blocks
 
@@ -195,31 +231,38 @@ class Trainer:
         trainer = self.config.trainer
         return self.data.dataset(
             split, seq_len=self.config.model.seq_len,
-            batch_size=trainer.batch_size // jax.process_count(), seed=trainer.seed,
-            shuffle=shuffle, repeat=repeat, process_index=jax.process_index(),
-            process_count=jax.process_count())
+            batch_size=trainer.batch_size // jax.process_count(),
+            seed=trainer.seed, shuffle=shuffle, repeat=repeat,
+            process_index=jax.process_index(), process_count=jax.process_count())
 
     def train_iterator(self) -> Iterator[dict[str, np.ndarray]]:
         return iter(self._dataset("train", shuffle=True, repeat=True))
 
+    def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
+        """This process's block of each eval batch: the whole split (the last batch filled
+        with rows that weigh nothing), or its first `trainer.eval_batches` batches."""
+        batches = self._dataset("eval", shuffle=False, repeat=False)
+        return itertools.islice(batches, self.config.trainer.eval_batches or None)
+
     def evaluate(self, params) -> dict[str, float]:
-        """Token-weighted mean loss over the first `eval_batches` batches of the eval split."""
-        if self._eval_batches is None:
-            batches = self._dataset("eval", shuffle=False, repeat=False)
-            self._eval_batches = list(itertools.islice(batches, self.config.trainer.eval_batches))
-            if not self._eval_batches:
-                raise ConfigError("the eval split is smaller than one batch; lower "
-                                  "trainer.batch_size or model.seq_len")
-            self._eval_bytes = sum(self._target_bytes(b) for b in self._eval_batches)
+        """Token-weighted mean loss over the eval split: by default all of it, so the number
+        is the same at any batch size and on any number of processes."""
         loss_sum = weight_sum = 0.0
+        count_bytes, num_bytes = self._eval_bytes is None, 0
         with jax.set_mesh(self.mesh):
-            for batch in self._eval_batches:
+            for batch in self.eval_batches():
                 loss, weight = self._eval_step(params, self.global_batch(batch))
                 loss_sum, weight_sum = loss_sum + float(loss), weight_sum + float(weight)
+                num_bytes += self._target_bytes(batch) if count_bytes else 0
+        if count_bytes:  # each process decoded its own rows
+            self._eval_bytes = sum(distributed.allgather_json(num_bytes))
+        if not weight_sum:
+            raise ConfigError("the eval split has no tokens to score")
         loss = loss_sum / weight_sum
         return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 700.0)),
                 # Comparable across tokenizers: total nats over the UTF-8 bytes they encode.
-                "eval/bits_per_byte": loss_sum / (self._eval_bytes * math.log(2))}
+                "eval/bits_per_byte": loss_sum / (self._eval_bytes * math.log(2)),
+                "eval/tokens": weight_sum}
 
     def _target_bytes(self, batch: dict[str, np.ndarray]) -> int:
         """UTF-8 bytes of the text the weighted targets spell, document by document."""
@@ -233,25 +276,45 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
 
-    def load_params(self, path: str | Path):
-        """Parameters of any checkpoint (a run's, or an imported one), placed on this mesh."""
+    def check_params(self, path: str | Path) -> None:
+        """Refuses a checkpoint (a run's, or an imported one) whose model differs."""
         saved = ckpt.read_meta(path)["config"]
         current = ckpt.config_json(self.config)
         ckpt.check_resumable({"model": saved["model"]}, {"model": current["model"]},
                              allowed=ckpt.MODEL_COMPUTE_OPTIONS, what="model")
+
+    def load_params(self, path: str | Path):
+        """Parameters of any checkpoint (a run's, or an imported one), placed on this mesh."""
+        self.check_params(path)
         print(f"loading parameters from {path}", flush=True)
         return ckpt.restore_params(path, abstract_state(self.layout).params)
 
-    def initial_state(self, checkpointer: Checkpointer | None, batches) -> TrainState:
-        """Resumes the newest checkpoint of the workdir (data iterator included), else starts
-        from trainer.checkpoint.load_from's parameters, else from scratch."""
-        step = checkpointer.latest_step() if checkpointer else None
-        if step is not None:
-            meta = checkpointer.meta(step)
+    def resume_meta(self) -> dict | None:
+        """The meta of the workdir's newest checkpoint, checked against this config (before
+        anything compiles), or None where there is none to resume."""
+        if not self.workdir or not Checkpointer.exists(self.checkpoint_dir):
+            return None
+        meta = ckpt.read_meta(self.checkpoint_dir)
+        try:
             ckpt.check_resumable(meta["config"], ckpt.config_json(self.config))
-            print(f"resuming from {checkpointer.directory}/{step}", flush=True)
-            restore_iterator_state(batches, ckpt.process_data_state(meta))
-            return checkpointer.restore(step, abstract_state(self.layout))
+        except ConfigError as e:
+            try:
+                self.check_params(self.checkpoint_dir)
+                hint = (" with --set trainer.checkpoint.load_from="
+                        f"{self.checkpoint_dir} to train on from its weights")
+            except ConfigError:
+                hint = " (its weights do not fit this model)"
+            raise ConfigError(f"{e}. This config needs a new --workdir{hint}") from None
+        return meta
+
+    def initial_state(self, resume: dict | None, checkpointer: Checkpointer | None,
+                      batches) -> TrainState:
+        """Resumes the checkpoint whose meta is `resume` (data iterator included), else starts
+        from trainer.checkpoint.load_from's parameters, else from scratch."""
+        if resume is not None:
+            print(f"resuming from {checkpointer.directory}/{resume['step']}", flush=True)
+            restore_iterator_state(batches, ckpt.process_data_state(resume))
+            return checkpointer.restore(resume["step"], abstract_state(self.layout))
         if self.config.trainer.checkpoint.load_from:
             return init_state(self.layout, self.load_params(self.config.trainer.checkpoint.load_from))
         if self.config.init_from:
@@ -296,16 +359,31 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def train(self) -> TrainState:
+    def train(self) -> TrainState | None:
+        """Trains to trainer.num_train_steps; None when the workdir's run is already there."""
         trainer = self.config.trainer
         total = trainer.num_train_steps
+        # Everything that can be wrong is found before compiling: the workdir's config, the
+        # checkpoint to load, the inputs, an empty eval split.
+        resume = self.resume_meta()
+        if resume is not None and resume["step"] >= total:
+            print(f"{self.workdir} is already trained to step {resume['step']} "
+                  f"(trainer.num_train_steps={total}): nothing to do; raise "
+                  "trainer.num_train_steps to train on", flush=True)
+            return None
+        if trainer.checkpoint.load_from and resume is None:
+            self.check_params(trainer.checkpoint.load_from)
+        batches = self.train_iterator()
+        if next(iter(self.eval_batches()), None) is None:
+            raise ConfigError("the eval split is empty: set data.validation_urls, or a larger "
+                              "data.validation_fraction")
+        self.record_run()
         start = time.monotonic()
         train_step = self.compile()
         print(f"compiled the train step in {time.monotonic() - start:.1f}s", flush=True)
         checkpointer = (Checkpointer(self.checkpoint_dir, trainer.checkpoint)
                         if self.workdir else None)
-        batches = self.train_iterator()
-        state = self.initial_state(checkpointer, batches)
+        state = self.initial_state(resume, checkpointer, batches)
         first_step = int(state.step)
         saved_config = ckpt.config_json(self.config)
         model_type = type(self.config.model).__name__

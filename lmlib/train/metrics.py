@@ -157,10 +157,9 @@ class MetricsLogger:
     Only process 0 writes, so a multi-host run logs once.
     """
 
-    def __init__(self, workdir: str | Path | None, num_train_steps: int,
-                 resume_step: int | None = 0):
+    def __init__(self, workdir: str | Path | None, num_train_steps: int, resume_step: int = 0):
         """`resume_step`: the step the run continues from; anything logged after it by the
-        interrupted run is dropped, so the logs hold each step once. None appends (eval)."""
+        interrupted run is dropped, so the logs hold each step once."""
         self.num_train_steps = num_train_steps
         self.active = jax.process_index() == 0
         self._jsonl = self._tensorboard = self._samples = self._files = None
@@ -168,12 +167,11 @@ class MetricsLogger:
             self._files = StagedDirectory(workdir, pull=("metrics.jsonl", "samples.jsonl"))
             workdir = self._files.local
             path = workdir / "metrics.jsonl"
-            if path.exists() and resume_step is not None:
+            if path.exists():
                 kept = [line for line in path.read_text().splitlines()
                         if line.strip() and json.loads(line)["step"] <= resume_step]
                 path.write_text("".join(line + "\n" for line in kept))
             self._jsonl = open(path, "a")
-            self._samples = open(workdir / "samples.jsonl", "a")
             self._tensorboard = TensorBoardWriter(workdir / "tensorboard")
             if resume_step:
                 self._tensorboard.restart(resume_step + 1)
@@ -197,6 +195,8 @@ class MetricsLogger:
         for i, sample in enumerate(samples):
             print(f"sample {i} at step {step}: {sample['prompt'] + sample['completion']!r}",
                   flush=True)  # repr: one line per sample however many newlines it holds
+            if self._files and not self._samples:  # created by the first samples only
+                self._samples = open(self._files.local / "samples.jsonl", "a")
             if self._samples:
                 self._samples.write(json.dumps({"step": step, **sample}) + "\n")
             if self._tensorboard:
@@ -224,6 +224,7 @@ class MetricsLogger:
     def close(self) -> None:
         if self._jsonl:
             self._jsonl.close()
+        if self._samples:
             self._samples.close()
         if self._tensorboard:
             self._tensorboard.close()

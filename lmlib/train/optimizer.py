@@ -21,7 +21,7 @@ class AdamW:
     min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
     clip_grad_norm: float = 1.0  # 0 disables clipping
 
-    def __post_init__(self):
+    def validate(self) -> None:
         if self.learning_rate <= 0:
             raise ConfigError(f"optimizer.learning_rate must be positive, got {self.learning_rate}")
         if self.warmup < 0:

@@ -84,8 +84,8 @@ def test_undecodable_plain_text_names_its_line(tmp_path):
 
 def test_config_values_are_checked():
     with pytest.raises(ConfigError, match="data.on_error='ignore'"):
-        PretrainData(source="urls", train_urls="a.jsonl", on_error="ignore")
+        PretrainData(source="urls", train_urls="a.jsonl", on_error="ignore").validate()
     with pytest.raises(ConfigError, match="data.source=urls"):
-        PretrainData(train_urls="a.jsonl")
+        PretrainData(train_urls="a.jsonl").validate()
     with pytest.raises(ConfigError, match="needs data.train_urls"):
-        PretrainData(source="urls")
+        PretrainData(source="urls").validate()

@@ -274,4 +274,4 @@ def test_a_preprocessor_given_as_module_function_maps_records(tmp_path):
     assert supervised.read_examples(config, "train")[0] == [{"prompt": "Q: 2+2?\nA:",
                                                              "response": " 4"}]
     with pytest.raises(ConfigError, match="data.preprocess='nope': not a registered"):
-        SupervisedData(train_urls=str(path), preprocess="nope")
+        SupervisedData(train_urls=str(path), preprocess="nope").validate()
