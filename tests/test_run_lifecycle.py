@@ -182,12 +182,16 @@ def test_mistakes_are_found_before_compiling(tmp_path):
 
 
 @pytest.mark.parametrize("texts, message", [
-    ([], "no documents"),
+    ([], "the train split has no documents"),
     (["def only():\n    return 1\n"], "the eval split is empty"),
 ])
 def test_a_corpus_too_small_to_train_on_is_one_line(tmp_path, texts, message):
+    from lmlib.data.tokenizer import train_sentencepiece
+
+    train_sentencepiece(stdlib_texts(12), tmp_path / "t.model", vocab_size=600)
     data = write_jsonl(tmp_path / "tiny.jsonl", texts)
     result = run_cli(*JSONL_RUN, f"--set=data.train_urls={data}",
+                     f"--set=data.tokenizer.path={tmp_path / 't.model'}",
                      f"--set=data.cache_dir={tmp_path / 'cache'}", f"--workdir={tmp_path / 'run'}",
                      check=False)
     assert_refused_before_compiling(result, message)

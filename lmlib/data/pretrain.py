@@ -79,6 +79,13 @@ def cache_dir(config: PretrainData) -> Path:
                 or Path.home() / ".cache" / "lmlib")
 
 
+EMPTY_SPLIT = {
+    "train": "the train split has no documents: are the inputs empty?",
+    "eval": "the eval split is empty: set data.validation_urls, or a larger "
+            "data.validation_fraction",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class PreparedData:
     tokenizer: Tokenizer
@@ -92,6 +99,8 @@ class PreparedData:
                 repeat: bool, process_index: int = 0, process_count: int = 1
                 ) -> grain.IterDataset:
         """This process's batches of packed rows of `split`: the Trainer's entry point."""
+        if not self.shards(split):
+            raise ConfigError(EMPTY_SPLIT[split])
         return packed_dataset(
             self.shards(split), seq_len=seq_len, batch_size=batch_size, seed=seed,
             shuffle=shuffle, repeat=repeat, row_shuffle_window=self.row_shuffle_window,
@@ -299,7 +308,8 @@ def packed_dataset(shard_paths: list[str], *, seq_len: int, batch_size: int, see
     shards in those proportions, each shard shuffled on its own and repeated without end.
     """
     if not shard_paths:
-        raise ConfigError("the prepared data has no shards for this split")
+        raise ConfigError("no documents to read: the prepared data has no shards of this "
+                          "split (are the inputs empty?)")
     if weights is None:
         dataset = _documents(shard_paths, seed, shuffle, repeat)
     else:

@@ -147,6 +147,9 @@ def train_sentencepiece(documents: Iterable[str], output: str | Path, *, vocab_s
     so the same documents and seed give the same model.
     """
     lines = [line for doc in documents for line in doc.split("\n") if line.strip()]
+    if not lines:
+        raise ConfigError(f"no documents to train a tokenizer on (writing {output}): the train "
+                          "inputs hold no text")
     sample = random.Random(seed).sample(lines, min(num_samples, len(lines)))
     model = io.BytesIO()
     try:

@@ -18,7 +18,8 @@ from etils import epath
 
 from lmlib import hf
 from lmlib import distributed
-from lmlib.data.pretrain import PreparedData, PretrainData, prepare_data, restore_iterator_state
+from lmlib.data.pretrain import (EMPTY_SPLIT, PreparedData, PretrainData, prepare_data,
+                                 restore_iterator_state)
 from lmlib.data.supervised import SupervisedExamples, prepare_supervised
 from lmlib.errors import ConfigError, TrainingDiverged
 from lmlib.mesh import MeshConfig, batch_sharding, make_mesh
@@ -375,8 +376,7 @@ class Trainer:
             self.check_params(trainer.checkpoint.load_from)
         batches = self.train_iterator()
         if next(iter(self.eval_batches()), None) is None:
-            raise ConfigError("the eval split is empty: set data.validation_urls, or a larger "
-                              "data.validation_fraction")
+            raise ConfigError(EMPTY_SPLIT["eval"])
         self.record_run()
         start = time.monotonic()
         train_step = self.compile()
