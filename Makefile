@@ -21,8 +21,9 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
+# ARGS adds flags: make demo ARGS='--set trainer.num_train_steps=1000'
 demo: $(VENV)/.installed
-	$(BIN)/python -m lmlib.main --exp=StdlibLlama --workdir=runs/demo
+	$(BIN)/python -m lmlib.main --exp=StdlibLlama --workdir=runs/demo $(ARGS)
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest tests

@@ -17,8 +17,8 @@ from lmlib.errors import ConfigError
 from lmlib.experiment import ExperimentConfig
 from lmlib.generate import Sampler, SamplingConfig
 from lmlib.models import num_params
-from lmlib.train.checkpoint import config_json as ckpt_config_json
-from lmlib.train.loop import Trainer
+from lmlib.train import checkpoint as ckpt
+from lmlib.train.loop import Trainer, eval_checkpoint
 from lmlib.train.metrics import StagedDirectory, TensorBoardWriter
 
 
@@ -153,10 +153,30 @@ def train(config: ExperimentConfig, workdir: str | None) -> None:
     trainer.train()
 
 
+def trained_model(config: ExperimentConfig, workdir: str | None) -> ExperimentConfig:
+    """The config with the model the evaluated checkpoint was trained as (its compute options
+    kept from `config`): a run trained with --set model.num_layers=8 is evaluated without
+    repeating the flag."""
+    source = eval_checkpoint(config, workdir)
+    if not source:
+        return config
+    saved = ckpt.model_config(ckpt.read_meta(source))
+    if type(saved) is not type(config.model):
+        raise ConfigError(f"{source} holds a {type(saved).__name__}, not the experiment's "
+                          f"{type(config.model).__name__}")
+    compute = {key.split(".", 1)[1] for key in ckpt.MODEL_COMPUTE_OPTIONS}
+    model = dataclasses.replace(saved, **{k: getattr(config.model, k) for k in compute})
+    changed = [f"model.{f.name}={getattr(model, f.name)!r}" for f in dataclasses.fields(model)
+               if getattr(model, f.name) != getattr(config.model, f.name)]
+    if changed:
+        print(f"evaluating {source} as it was trained: {', '.join(changed)}", flush=True)
+    return dataclasses.replace(config, model=model)
+
+
 def evaluate(config: ExperimentConfig, workdir: str | None) -> dict[str, float]:
     """Scores the run's parameters; the results go to WORKDIR/eval/step_NNNNNN.json and their
     own TensorBoard run (WORKDIR/eval/tensorboard), never into the training run's records."""
-    config = experiment.with_tokenizer(config)
+    config = experiment.with_tokenizer(trained_model(config, workdir))
     tasks = read_tasks(config)
     trainer = Trainer(config, workdir)
     params, step = trainer.eval_params()
@@ -170,7 +190,7 @@ def evaluate(config: ExperimentConfig, workdir: str | None) -> dict[str, float]:
     if workdir and jax.process_index() == 0:
         out = StagedDirectory(epath.Path(workdir) / "eval")
         (out.local / f"step_{step:06d}.json").write_text(json.dumps(
-            {"step": step, "config": ckpt_config_json(config), "metrics": metrics}, indent=1))
+            {"step": step, "config": ckpt.config_json(config), "metrics": metrics}, indent=1))
         writer = TensorBoardWriter(out.local / "tensorboard")
         writer.scalars(step, metrics)
         writer.close()

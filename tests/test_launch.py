@@ -57,7 +57,8 @@ def test_the_experiment_is_resolved_for_the_pod_before_anything_is_printed():
     for args, message in [(["--exp=Llama2_7BB"], "did you mean Llama2_7B"),
                           (["--set=trainer.mesh.dta=2"], "did you mean trainer.mesh.data"),
                           (["--num-slices=2"], "needs trainer.mesh.data to be a multiple of it"),
-                          (["--set=trainer.batch_size=100"], "does not split over")]:
+                          (["--set=trainer.microbatch_size=100", "--set=trainer.batch_size=1000"],
+                           "does not split over")]:
         result = launch(*COMMON, "--tpu-type=v5p-256", *args)
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert not result.stdout and "Traceback" not in result.stderr

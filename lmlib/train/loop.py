@@ -141,6 +141,19 @@ class Hook:
     every: int
 
 
+def checkpoint_dir(workdir: str | Path) -> epath.Path:
+    return ckpt.absolute(workdir) / "checkpoints"
+
+
+def eval_checkpoint(config: ExperimentConfig, workdir: str | Path | None) -> str | None:
+    """The checkpoint --mode=eval scores: trainer.checkpoint.load_from, else the workdir's
+    newest, else None."""
+    load_from = config.trainer.checkpoint.load_from
+    if not load_from and workdir and Checkpointer.exists(checkpoint_dir(workdir)):
+        load_from = str(checkpoint_dir(workdir))
+    return load_from or None
+
+
 class Trainer:
     """One run: mesh, data, compiled steps and state. `train()` is the loop."""
 
@@ -341,11 +354,9 @@ class Trainer:
         return jax.device_put(params, self.layout.shardings.params)
 
     def eval_params(self) -> tuple[dict, int]:
-        """(params, their training step) for --mode=eval: load_from, else the workdir's newest
-        checkpoint, else init_from's Hugging Face weights."""
-        load_from = self.config.trainer.checkpoint.load_from
-        if not load_from and self.workdir and Checkpointer.exists(self.checkpoint_dir):
-            load_from = self.checkpoint_dir
+        """(params, their training step) for --mode=eval: those of eval_checkpoint(), else
+        init_from's Hugging Face weights."""
+        load_from = eval_checkpoint(self.config, self.workdir)
         if load_from:
             return self.load_params(load_from), ckpt.read_meta(load_from)["step"]
         if self.config.init_from:
@@ -356,7 +367,7 @@ class Trainer:
 
     @property
     def checkpoint_dir(self) -> epath.Path:
-        return ckpt.absolute(self.workdir) / "checkpoints"
+        return checkpoint_dir(self.workdir)
 
     # ------------------------------------------------------------------ the loop
 

@@ -69,7 +69,7 @@ def test_weights_mix_shards_in_their_proportions(tmp_path):
     manifest = {"splits": {"train": [{"path": Path(p).name, "dataset": i, "documents": 10}
                                      for i, p in enumerate(paths)]}}
     data = PreparedData(tokenizer=None, directory=str(tmp_path), manifest=manifest,
-                        weights=(0.25, 0.75))
+                        fingerprint="", weights=(0.25, 0.75))
     tokens = next(iter(data.dataset("train", seq_len=399, batch_size=1, seed=0, shuffle=True,
                                     repeat=True)))["tokens"]
     assert np.sum(tokens == 6) / np.sum(tokens == 1) == pytest.approx(2 * 0.75, abs=0.05)

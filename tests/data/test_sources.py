@@ -34,8 +34,12 @@ def test_braces_and_globs_expand_and_a_url_matching_nothing_is_named(tmp_path):
         str(tmp_path / "part.000.txt"), str(tmp_path / "part.001.txt")]
     assert len(sources.expand_url(str(tmp_path / "part.*.txt"))) == 3
     missing = str(tmp_path / "nothing.{0..2}.jsonl")
-    with pytest.raises(ConfigError, match=f"no file matches '{missing}'"):
+    with pytest.raises(ConfigError, match=f"no file matches '{tmp_path}/nothing.0.jsonl'"):
         sources.expand_url(missing)
+    # A member that matches nothing is named even when its siblings exist: a typo in a range
+    # must not silently drop a shard.
+    with pytest.raises(ConfigError, match=r"no file matches .*part\.003\.txt'"):
+        sources.expand_url(str(tmp_path / "part.{000..003}.txt"))
 
 
 def test_plain_text_one_document_per_file_or_per_blank_line_block(tmp_path):

@@ -15,7 +15,7 @@ from lmlib.data import sources, supervised
 from lmlib.data.supervised import SupervisedData, example_rows, tokenize_example, truncate
 from lmlib.data.tokenizer import load_tokenizer
 from lmlib.errors import ConfigError
-from lmlib.experiment import resolve
+from lmlib.experiment import resolve, with_tokenizer
 from lmlib.models import LlamaConfig
 from lmlib.train.step import StepConfig, loss_sums
 
@@ -200,8 +200,8 @@ def test_a_tokenizer_without_pad_gets_one_and_the_vocabulary_grows(tokenizer, tm
     config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "pad_token": None}))
     bare = load_tokenizer(tmp_path / "tokenizer.json")
     assert bare.pad_id is None
-    config = resolve("JsonlAlpacaTiny", [f"data.tokenizer.path={tmp_path / 'tokenizer.json'}",
-                                         f"data.train_urls={tmp_path}"])
+    config = with_tokenizer(resolve("JsonlAlpacaTiny", [
+        f"data.tokenizer.path={tmp_path / 'tokenizer.json'}", f"data.train_urls={tmp_path}"]))
     assert config.model.vocab_size == bare.vocab_size + 1
     padded = supervised.with_pad(bare)
     assert padded.pad_id == bare.vocab_size and padded.vocab_size == bare.vocab_size + 1
