@@ -9,8 +9,22 @@ class ConfigError(ValueError):
     """A mistake in the command line, the experiment or the data that the user can fix."""
 
 
-class TrainingDiverged(RuntimeError):
+class RunStopped(RuntimeError):
+    """The run stopped on purpose, its saved checkpoints intact: one line and exit status 1."""
+
+
+class TrainingDiverged(RunStopped):
     """The loss became NaN or infinite: the run stops rather than train on garbage."""
+
+
+class CheckpointFailed(RunStopped):
+    """Saving a checkpoint failed on every try: the run stops rather than train on unsaved."""
+
+
+def one_line(error: BaseException) -> str:
+    """`ErrorType: first line of its message`, for reporting an error that is survived."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def check_choices(config: object, group: str, choices: dict[str, tuple[str, ...]]) -> None:

@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags, logging
 
-from lmlib.errors import ConfigError, TrainingDiverged
+from lmlib.errors import ConfigError, RunStopped
 
 FLAGS = flags.DEFINE_string("exp", None, "Registered experiment name (--mode=list lists them).")
 flags.DEFINE_multi_string("set", [], "Override a config field: --set trainer.batch_size=64.")
@@ -63,7 +63,7 @@ def main(argv: list[str]) -> None:
     except ConfigError as e:  # a user mistake: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except TrainingDiverged as e:  # the checkpoints before it are intact; say so, not a trace
+    except RunStopped as e:  # diverged, or saves kept failing: the saved checkpoints are intact
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

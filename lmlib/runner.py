@@ -13,7 +13,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from lmlib import experiment, hf, multiple_choice
-from lmlib.errors import ConfigError
+from lmlib.errors import ConfigError, one_line
 from lmlib.experiment import ExperimentConfig
 from lmlib.generate import Sampler, SamplingConfig
 from lmlib.models import num_params
@@ -78,11 +78,16 @@ def hf_export_hook(trainer: Trainer, root: epath.Path):
         if jax.process_index() != 0:
             return
         out = StagedDirectory(root / f"step_{step:06d}")  # hf writes local files only
-        hf.save_hf(out.local, trainer.config.model, params,
-                   dtype=export.dtype, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
-        hf.save_tokenizer(out.local, tokenizer)
-        out.close()
-        print(f"exported a Hugging Face model to {out.remote}", flush=True)
+        try:  # a failed export is reported; it never stops a run whose checkpoints are fine
+            hf.save_hf(out.local, trainer.config.model, params,
+                       dtype=export.dtype, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
+            hf.save_tokenizer(out.local, tokenizer)
+        except OSError as e:
+            print(f"could not export step {step} to {out.remote} ({one_line(e)}); the next "
+                  "export tries again", flush=True)
+            return
+        if out.close():
+            print(f"exported a Hugging Face model to {out.remote}", flush=True)
 
     return write
 

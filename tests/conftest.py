@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from http import HTTPStatus
 from pathlib import Path
+from urllib.parse import unquote
 
 import fsspec
 import pytest
@@ -132,3 +136,29 @@ def gcs_emulator(monkeypatch) -> Iterator[dict[str, str]]:
     with emulator_server.create_server("127.0.0.1", port, in_memory=True,
                                        default_bucket=GCS_BUCKET):
         yield env
+
+
+@pytest.fixture
+def gcs_write_faults(gcs_emulator, monkeypatch) -> list[str]:
+    """Regexes, empty at first: while one matches an upload to the emulator (its URL and the
+    start of its body, where gcsfs names the object), the upload is answered 403 Forbidden, as by
+    a bucket that refuses writes. The test may change the list while a CLI runs."""
+    patterns: list[str] = []
+    handle = emulator_server.Router.handle
+
+    def handle_or_refuse(router, method):
+        request = router._request_handler
+        if method in ("POST", "PUT") and patterns:
+            body = request.rfile.read(int(request.headers.get("Content-Length") or 0))
+            target = unquote(request.path) + body[:4096].decode("latin-1")
+            if any(re.search(pattern, target) for pattern in patterns):
+                response = emulator_server.Response(request)
+                response.status = HTTPStatus.FORBIDDEN
+                response.json({"error": {"code": 403, "message": "injected fault"}})
+                response.close()
+                return
+            request.rfile = io.BytesIO(body)
+        handle(router, method)
+
+    monkeypatch.setattr(emulator_server.Router, "handle", handle_or_refuse)
+    return patterns

@@ -37,9 +37,9 @@ def time_saves(state, async_save: bool, repeats: int) -> tuple[float, float, int
     try:
         for step in range(1, repeats + 1):
             start = time.perf_counter()
-            checkpointer.save(step, state, {}, {}, "LlamaConfig", force=True)
+            checkpointer.save(step, state, {}, {}, "LlamaConfig")
             blocked.append(time.perf_counter() - start)
-            checkpointer.wait()
+            checkpointer.check(block=True)
             total.append(time.perf_counter() - start)
         size = directory_bytes(root / str(repeats))
     finally:

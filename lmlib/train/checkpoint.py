@@ -16,10 +16,14 @@ Paths are etils.epath paths, so a workdir or checkpoint may be local or gs://buc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import re
+import shutil
+import time
 from typing import Any
 
 import jax
@@ -28,7 +32,7 @@ from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
 from lmlib import distributed
-from lmlib.errors import ConfigError
+from lmlib.errors import CheckpointFailed, ConfigError, one_line
 from lmlib.models import Gpt2Config, LlamaConfig, ModelConfig
 from lmlib.tree_util import flatten_dict
 
@@ -54,11 +58,20 @@ class CheckpointConfig:
     save_every_steps: int = 0  # permanent checkpoints every N steps; 0 = none
     load_from: str = ""  # start from these params: a step directory, or a checkpoints/ directory
     async_save: bool = True  # write in the background while training continues
+    save_retries: int = 3  # a failed save is retried this often (newest state), then the run stops
+    retry_delay: str = "10s"  # before the first retry; doubled for each next one
 
     def validate(self) -> None:
         parse_duration(self.save_interval)
+        parse_duration(self.retry_delay, "trainer.checkpoint.retry_delay")
         if self.save_every_steps < 0:
             raise ConfigError("trainer.checkpoint.save_every_steps must be >= 0")
+        if self.save_retries < 0:
+            raise ConfigError("trainer.checkpoint.save_retries must be >= 0")
+
+    @property
+    def retry_delay_seconds(self) -> int:
+        return parse_duration(self.retry_delay) or 0
 
     @property
     def save_interval_seconds(self) -> int | None:
@@ -77,21 +90,60 @@ def absolute(path: str | os.PathLike) -> epath.Path:
     return path if is_remote(path) else path.absolute()
 
 
-def parse_duration(text: str) -> int | None:
+def parse_duration(text: str, key: str = "trainer.checkpoint.save_interval") -> int | None:
     """'90s', '15m', '2h' -> seconds; '' -> None."""
     if not text:
         return None
     match = re.fullmatch(r"(\d+)\s*([smh])", text.strip())
     if not match:
-        raise ConfigError(f"trainer.checkpoint.save_interval={text!r}: expected e.g. 30s, 15m, 1h")
+        raise ConfigError(f"{key}={text!r}: expected e.g. 30s, 15m, 1h")
     return int(match[1]) * {"s": 1, "m": 60, "h": 3600}[match[2]]
 
 
+def check_writable(directory: str | os.PathLike, nbytes: int) -> None:
+    """Raises a ConfigError, before the first step, where a checkpoint of `nbytes` cannot be
+    written to `directory`: it refuses a file, or a local disk has less room than that."""
+    if jax.process_index() != 0:
+        return
+    directory = absolute(directory)
+    probe = directory / ".lmlib-write-probe"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_text("lmlib checks that checkpoints can be written here\n")
+        probe.unlink()
+    except Exception as e:
+        raise ConfigError(f"cannot write checkpoints to {directory}: {one_line(e)}") from None
+    if not is_remote(directory):
+        free = shutil.disk_usage(directory).free
+        if free < nbytes:
+            raise ConfigError(f"{directory}: {free / 2**30:.2f} GiB free, but a checkpoint of "
+                              f"this run takes {nbytes / 2**30:.2f} GiB")
+
+
 class Checkpointer:
-    """Saves and restores a run's checkpoints in `directory` (local or gs://)."""
+    """Saves and restores a run's checkpoints in `directory` (local or gs://).
+
+    A save counts once Orbax has committed it. One that fails, in Orbax's background thread or
+    in the call, is found at the next check() (the loop calls it at every step boundary),
+    reported in one line and retried with the newest state once `retry_delay` has passed
+    (doubling); after `save_retries` failures in a row the run stops (CheckpointFailed) and
+    names the last good checkpoint, which is what a restart resumes from."""
 
     def __init__(self, directory: str | os.PathLike, config: CheckpointConfig):
-        self.directory = directory
+        self.directory = absolute(directory)
+        self.config = config
+        self._orbax_errors = _OrbaxErrors()
+        logging.getLogger("absl").addFilter(self._orbax_errors)
+        self.manager = self._open()
+        self.last_good = self.manager.latest_step()
+        self.pending: int | None = None  # the step of a save not yet confirmed
+        self._started = 0.0  # when it started (time.monotonic)
+        self._outcome: str | None = None  # "" committed, else why not; None: still saving
+        self.failures = 0  # in a row
+        self._retry_at = 0.0
+
+    def _open(self) -> ocp.CheckpointManager:
+        config = self.config
         save_policies: list = []
         if config.save_interval_seconds:
             save_policies.append(policies.ContinuousCheckpointingPolicy(
@@ -105,8 +157,8 @@ class Checkpointer:
             preservation_policy=policies.AnyPreservationPolicy(keep),
             enable_async_checkpointing=config.async_save,
             cleanup_tmp_directories=True)
-        self.manager = ocp.CheckpointManager(directory, options=options,
-                                             item_handlers=_item_handlers())
+        return ocp.CheckpointManager(self.directory, options=options,
+                                     item_handlers=_item_handlers())
 
     @staticmethod
     def exists(directory: str | os.PathLike) -> bool:
@@ -114,22 +166,92 @@ class Checkpointer:
         try:
             step_directory(directory)
             return True
-        except ConfigError:
+        except (ConfigError, OSError):  # OSError: not a directory (check_writable says so)
             return False
 
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
+    def should_save(self, step: int) -> bool:
+        """Whether a policy asks for a save at `step`, or a failed save is due to be retried."""
+        if self.failures:
+            return time.monotonic() >= self._retry_at
+        return self.manager.should_save(step)
 
-    def save(self, step: int, state, data_state: dict, config: dict, model_type: str,
-             force: bool = False) -> bool:
-        """Saves if a policy says so (or `force`); returns whether a save started.
+    def save(self, step: int, state, data_state: dict, config: dict, model_type: str) -> None:
+        """Starts saving `step` (in the background when async); check() confirms it.
 
         Every process calls it: each writes its shards of the arrays, and process 0 writes the
         meta item, with every process's `data_state` gathered into it."""
+        self.check(block=True)  # one save at a time: the previous one is confirmed first
         meta = {"step": step, "data": distributed.allgather_json(data_state), "config": config,
                 "model_type": model_type}
-        return self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+        if jax.process_index() == 0 and (self.directory / str(step)).exists():
+            (self.directory / str(step)).rmtree()  # a failed try at this step left it unfinished
+        self.pending, self._started = step, time.monotonic()
+        self._orbax_errors.clear()
+        try:
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        except Exception as e:  # a synchronous save fails here, an async one in its thread
+            self._outcome = one_line(e)
+
+    def save_now(self, step: int, state, data_state: dict, config: dict,
+                 model_type: str) -> None:
+        """Saves `step` and waits until it is committed, trying again with the same state after
+        a failure (the end of the run, a preemption); raises CheckpointFailed when every try
+        fails."""
+        while True:
+            self.save(step, state, data_state, config, model_type)
+            self.check(block=True)
+            if not self.failures:
+                return
+            time.sleep(max(0.0, self._retry_at - time.monotonic()))
+
+    def check(self, block: bool = False) -> None:
+        """Confirms the pending save once it has finished (`block`: waits for it).
+
+        Every process calls it at the same points: they agree on the outcome, so they retry, or
+        stop, together."""
+        if self.pending is None:
+            return
+        if self._outcome is None and (block or not self.manager.is_saving_in_progress()):
+            self._outcome = self._finish(self.pending)
+        outcomes = distributed.allgather_json(self._outcome)
+        if any(outcome is None for outcome in outcomes):
+            return  # still saving on some process
+        step, reason = self.pending, next((o for o in outcomes if o), "")
+        self.pending = self._outcome = None
+        if not reason:
+            self.last_good, self.failures = step, 0
+            return
+        self.failures += 1
+        with contextlib.suppress(Exception):  # its error was the one just reported
+            self.manager.close()
+        self.manager = self._open()  # forgets the failed step and clears its temporary files
+        last_good = (f"{self.directory}/{self.last_good}" if self.last_good is not None
+                     else "none: no checkpoint of this run was saved")
+        if self.failures > self.config.save_retries:
+            raise CheckpointFailed(
+                f"saving a checkpoint failed {self.failures} times in a row, last at step {step}"
+                f" ({reason}); stopping. The last good checkpoint is {last_good}; the same "
+                "command resumes from it once the storage works")
+        delay = self.config.retry_delay_seconds * 2 ** (self.failures - 1)
+        self._retry_at = time.monotonic() + delay
+        print(f"checkpoint: saving step {step} to {self.directory}/{step} failed ({reason}), "
+              f"found {time.monotonic() - self._started:.1f}s after it started; retry "
+              f"{self.failures} of {self.config.save_retries} in {delay:.0f}s (last good: "
+              f"{last_good})", flush=True)
+
+    def _finish(self, step: int) -> str:
+        """Waits for the save of `step`: "" when it is committed, else why not."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            return one_line(e)
+        # Orbax logs some failures (its finalisation) instead of raising them: what counts is
+        # whether the step directory is committed. Process 0 commits it, after every process.
+        if jax.process_index() == 0 and step not in ocp.step.checkpoint_steps(self.directory):
+            errors = self._orbax_errors
+            return errors[-1] if errors else "the checkpoint was not committed"
+        return ""
 
     def meta(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
@@ -141,11 +263,28 @@ class Checkpointer:
                 abstract_state,
                 restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state)))).state
 
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
-
     def close(self) -> None:
-        self.manager.close()
+        """Waits for a save in flight (a failure is reported, not raised: the run is ending on
+        another error) and closes."""
+        try:
+            self.check(block=True)
+        except CheckpointFailed as e:
+            print(f"checkpoint: {e}", flush=True)
+        with contextlib.suppress(Exception):
+            self.manager.close()
+        logging.getLogger("absl").removeFilter(self._orbax_errors)
+
+
+class _OrbaxErrors(logging.Filter, list):
+    """While attached, keeps the errors Orbax logs with a traceback (a save failing in its
+    background thread), as one line each, off the console: lmlib reports each failure in one
+    line of its own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] and "orbax" in record.pathname:
+            self.append(one_line(record.exc_info[1]))
+            return False
+        return True
 
 
 def process_data_state(meta: dict) -> dict:

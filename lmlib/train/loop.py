@@ -28,7 +28,8 @@ from lmlib.train.checkpoint import CheckpointConfig, Checkpointer
 from lmlib.train.metrics import MetricsLogger, peak_flops_per_device
 from lmlib.train import run_record
 from lmlib.train.preemption import Preemption
-from lmlib.train.state import TrainState, abstract_state, init_state, state_layout
+from lmlib.train.state import (TrainState, abstract_state, init_state, state_bytes,
+                               state_layout)
 from lmlib.train.step import StepConfig, make_eval_step, make_train_step
 
 if TYPE_CHECKING:
@@ -388,6 +389,8 @@ class Trainer:
         batches = self.train_iterator()
         if next(iter(self.eval_batches()), None) is None:
             raise ConfigError(EMPTY_SPLIT["eval"])
+        if self.workdir:
+            ckpt.check_writable(self.checkpoint_dir, state_bytes(self.layout))
         self.record_run()
         start = time.monotonic()
         train_step = self.compile()
@@ -423,8 +426,8 @@ class Trainer:
                     hooks = [hook for hook in self.hooks if due(hook.every)]
                     # Read once: a SIGTERM landing later in this step must not skip the save.
                     preempted = preemption.reached(step)
-                    save = checkpointer and (step == total or preempted
-                                             or checkpointer.manager.should_save(step))
+                    save_now = step == total or preempted  # and confirm it before going on
+                    save = checkpointer and (save_now or checkpointer.should_save(step))
                     if evaluate or hooks or save:  # their time is not step time
                         jax.block_until_ready(state)
                         pause_start = time.monotonic()
@@ -433,9 +436,13 @@ class Trainer:
                         for hook in hooks:
                             logged.update(hook.fn(step, state) or {})
                         if save:
-                            checkpointer.save(step, state, batches.get_state(), saved_config,
-                                              model_type, force=True)
+                            (checkpointer.save_now if save_now else checkpointer.save)(
+                                step, state, batches.get_state(), saved_config, model_type)
                         last_log_time += time.monotonic() - pause_start
+                    # A failed save is found here, at the latest the step after it failed (with
+                    # several processes at log steps, where they agree on it together).
+                    if checkpointer and (jax.process_count() == 1 or logged):
+                        checkpointer.check()
                     if logged:
                         logger.write(step, logged)
                     if preempted:
@@ -445,6 +452,5 @@ class Trainer:
         finally:
             logger.close()
             if checkpointer:
-                checkpointer.wait()
                 checkpointer.close()
         return state

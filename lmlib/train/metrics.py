@@ -22,6 +22,7 @@ from tensorboard.compat.proto import (event_pb2, summary_pb2, tensor_pb2, tensor
                                       types_pb2)
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
+from lmlib.errors import one_line
 from lmlib.train.checkpoint import is_remote
 
 # Dense bf16 peak FLOP/s per device, from the vendors' data sheets (no sparsity).
@@ -97,23 +98,39 @@ class StagedDirectory:
             if (self.remote / name).exists():
                 (self.local / name).write_bytes((self.remote / name).read_bytes())
 
-    def push(self) -> None:
-        """Copies the files changed since the last push (whole: objects are written whole)."""
+    def push(self) -> bool:
+        """Copies the files changed since the last push (whole: objects are written whole);
+        returns whether all are copied. A copy that fails is reported in one line and tried
+        again at the next push: logs and exports never stop a run."""
         if not self.is_remote:
-            return
+            return True
+        copied = True
         for file in filter(Path.is_file, self.local.rglob("*")):
             stat = file.stat()
             stamp = (stat.st_size, stat.st_mtime_ns)
             if self._pushed.get(file) != stamp:
-                # An object store has no directories: writing the object makes its "parents".
-                (self.remote / file.relative_to(self.local).as_posix()).write_bytes(
-                    file.read_bytes())
+                name = file.relative_to(self.local).as_posix()
+                try:  # an object store has no directories: writing the object makes "parents"
+                    (self.remote / name).write_bytes(file.read_bytes())
+                except Exception as e:
+                    print(f"could not copy {name} to {self.remote} ({one_line(e)}); trying "
+                          "again at the next write", flush=True)
+                    copied = False
+                    continue
                 self._pushed[file] = stamp
+        return copied
 
-    def close(self) -> None:
-        self.push()
-        if self.is_remote:
-            shutil.rmtree(self.local)
+    def close(self, tries: int = 3) -> bool:
+        """Pushes what is left, `tries` times 1, 2, 4... s apart, and returns whether all is
+        copied; where not, the local copy is kept, and named."""
+        for attempt in range(tries):
+            if self.push():
+                if self.is_remote:
+                    shutil.rmtree(self.local)
+                return True
+            time.sleep(2 ** attempt)
+        print(f"kept what could not be copied to {self.remote} in {self.local}", flush=True)
+        return False
 
 
 class TensorBoardWriter:

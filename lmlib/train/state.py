@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -58,6 +59,12 @@ def abstract_state(layout: StateLayout) -> TrainState:
     """The TrainState as ShapeDtypeStructs in their shardings: a target for compile or restore."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         jax.eval_shape(layout.init), layout.shardings)
+
+
+def state_bytes(layout: StateLayout) -> int:
+    """The size of the whole TrainState (what a checkpoint holds), in bytes."""
+    return sum(math.prod(x.shape) * x.dtype.itemsize
+               for x in jax.tree.leaves(jax.eval_shape(layout.init)))
 
 
 def init_state(layout: StateLayout, params=None) -> TrainState:

@@ -20,7 +20,7 @@ def test_a_compressed_training_checkpoint_from_before_2026_11_27_restores(tmp_pa
     checkpointer = Checkpointer(tmp_path, CheckpointConfig(save_interval=""))
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-    restored = checkpointer.restore(checkpointer.latest_step(), abstract)
+    restored = checkpointer.restore(checkpointer.last_good, abstract)
     checkpointer.close()
     np.testing.assert_array_equal(restored["params"]["w"], state["params"]["w"])
     assert int(restored["step"]) == 7
