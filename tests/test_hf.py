@@ -16,7 +16,7 @@ from lmlib import hf
 from lmlib.data import sources
 from lmlib.data.tokenizer import train_sentencepiece
 from lmlib.errors import ConfigError
-from lmlib.models import abstract_model, layers
+from lmlib.models import abstract_model, rope
 
 LLAMA_SHAPE = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
@@ -84,8 +84,8 @@ def test_llama3_rope_scaling_is_imported_and_changes_frequencies(tmp_path):
     random_hf_model(HF_CONFIGS["llama3_rope"]()).save_pretrained(tmp_path)
     config = hf.model_config_from_hf(hf.read_hf_config(tmp_path))
     assert config.rope_scaling is not None and config.rope_theta == 50000.0
-    scaled = np.asarray(layers.rope_inv_freq(16, config.rope_theta, config.rope_scaling))
-    plain = np.asarray(layers.rope_inv_freq(16, config.rope_theta))
+    scaled = np.asarray(rope.rope_inv_freq(16, config.rope_theta, config.rope_scaling))
+    plain = np.asarray(rope.rope_inv_freq(16, config.rope_theta))
     assert scaled[0] == plain[0]  # the shortest wavelength is kept
     np.testing.assert_allclose(scaled[2:], plain[2:] / 8.0, rtol=1e-6)  # long ones stretched
     assert plain[1] / 8.0 < scaled[1] < plain[1]  # and one on the ramp

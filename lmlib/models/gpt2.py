@@ -11,7 +11,7 @@ from flax import nnx
 
 from lmlib.errors import ConfigError
 from lmlib.mesh import constrain
-from lmlib.models import layers
+from lmlib.models import attention, layers, ops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,9 +76,9 @@ class Gpt2(layers.DecoderLM):
         c = config
         self.config = c
         d, heads = c.hidden_dim, c.num_heads
-        init = layers.normal(c.init_std)
+        init = ops.normal(c.init_std)
         # GPT-2 scales the init of the projections into the residual stream by 1/sqrt(2L).
-        out_init = layers.normal(c.init_std / math.sqrt(2 * c.num_layers))
+        out_init = ops.normal(c.init_std / math.sqrt(2 * c.num_layers))
 
         def make_block(rngs: nnx.Rngs) -> layers.Block:
             return layers.Block(
@@ -89,13 +89,13 @@ class Gpt2(layers.DecoderLM):
                 layers.GeluMLP(d, c.ffn_dim, init, out_init, rngs))
 
         self.embed = layers.Embed(c.vocab_size, d, init, rngs)
-        self.position_embed = layers.param(rngs, layers.normal(0.01), (c.seq_len, d),
-                                           ("positions", "embed"))
+        self.position_embed = ops.param(rngs, ops.normal(0.01), (c.seq_len, d),
+                                        ("positions", "embed"))
         self.layers = layers.ScannedBlocks(make_block, c.num_layers, c.remat, rngs,
                                            unroll=c.unroll_layers)
         self.final_norm = layers.LayerNorm(d, c.norm_eps, rngs)
 
-    def forward(self, tokens_bt: jax.Array, positions_bt: jax.Array, mask: layers.Mask,
+    def forward(self, tokens_bt: jax.Array, positions_bt: jax.Array, mask: attention.Mask,
                 kv_cache: layers.KVCache | None = None, cache_index: jax.Array | None = None
                 ) -> tuple[jax.Array, layers.KVCache | None]:
         x_btd = self.embed(tokens_bt) + jnp.take(self.position_embed[...], positions_bt, axis=0)

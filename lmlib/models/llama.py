@@ -12,7 +12,7 @@ from flax import nnx
 
 from lmlib.errors import ConfigError
 from lmlib.mesh import constrain
-from lmlib.models import layers
+from lmlib.models import attention, layers, ops, rope
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +29,7 @@ class LlamaConfig:
     # import and export); 0 = seq_len. An imported model trains on shorter rows by default.
     max_seq_len: int = 0
     rope_theta: float = 10000.0
-    # Llama-3.1 RoPE scaling (layers.Llama3RopeScaling); None = plain RoPE. Flat fields, so that
+    # Llama-3.1 RoPE scaling (rope.Llama3RopeScaling); None = plain RoPE. Flat fields, so that
     # `--set` and the JSON config of a checkpoint handle them like any other number.
     rope_scaling_factor: float | None = None
     rope_low_freq_factor: float = 1.0
@@ -62,11 +62,11 @@ class LlamaConfig:
         return self.head_dim or self.hidden_dim // self.num_heads
 
     @property
-    def rope_scaling(self) -> layers.Llama3RopeScaling | None:
+    def rope_scaling(self) -> rope.Llama3RopeScaling | None:
         if self.rope_scaling_factor is None:
             return None
-        return layers.Llama3RopeScaling(self.rope_scaling_factor, self.rope_low_freq_factor,
-                                        self.rope_high_freq_factor, self.rope_original_seq_len)
+        return rope.Llama3RopeScaling(self.rope_scaling_factor, self.rope_low_freq_factor,
+                                      self.rope_high_freq_factor, self.rope_original_seq_len)
 
     # Presets: a named size is a classmethod, so an experiment reads `LlamaConfig.llama2_7b()`.
     @classmethod
@@ -113,7 +113,7 @@ class Llama(layers.DecoderLM):
     def __init__(self, config: LlamaConfig, rngs: nnx.Rngs):
         c = config
         self.config = c
-        init = layers.normal(c.init_std)
+        init = ops.normal(c.init_std)
 
         def make_block(rngs: nnx.Rngs) -> layers.Block:
             return layers.Block(
@@ -129,9 +129,9 @@ class Llama(layers.DecoderLM):
                                            unroll=c.unroll_layers)
         self.final_norm = layers.RMSNorm(c.hidden_dim, c.norm_eps, rngs)
         if not c.tie_embeddings:
-            self.head = layers.param(rngs, init, (c.hidden_dim, c.vocab_size), ("embed", "vocab"))
+            self.head = ops.param(rngs, init, (c.hidden_dim, c.vocab_size), ("embed", "vocab"))
 
-    def forward(self, tokens_bt: jax.Array, positions_bt: jax.Array, mask: layers.Mask,
+    def forward(self, tokens_bt: jax.Array, positions_bt: jax.Array, mask: attention.Mask,
                 kv_cache: layers.KVCache | None = None, cache_index: jax.Array | None = None
                 ) -> tuple[jax.Array, layers.KVCache | None]:
         x_btd = constrain(self.embed(tokens_bt), ("act_batch", "act_length", "act_embed"))
@@ -141,4 +141,4 @@ class Llama(layers.DecoderLM):
     def logits(self, hidden_btd: jax.Array) -> jax.Array:
         if self.config.tie_embeddings:
             return self.embed.attend(hidden_btd)
-        return layers.einsum("BTD,DV->BTV", hidden_btd, self.head[...])
+        return ops.einsum("BTD,DV->BTV", hidden_btd, self.head[...])

@@ -9,8 +9,9 @@ import pytest
 from flax import nnx
 
 from lmlib.errors import ConfigError
-from lmlib.models import LlamaConfig, layers
-from lmlib.models.layers import REMAT_POLICIES, attention_mask, dot_product_attention
+from lmlib.models import LlamaConfig, attention, ops
+from lmlib.models.attention import attention_mask, dot_product_attention
+from lmlib.models.layers import REMAT_POLICIES
 
 
 def reference_attention(q, k, v, segment_ids):
@@ -54,7 +55,7 @@ def check_attention(implementation, dtype, tolerance, q, k, v, d_out, segment_id
     want_grads = jax.grad(
         lambda *a: loss(lambda q, k, v: reference_attention(q, k, v, segment_ids), *a),
         argnums=(0, 1, 2))(q, k, v)
-    mask = layers.training_mask(segment_ids, implementation)
+    mask = attention.training_mask(segment_ids, implementation)
     grads = jax.jit(jax.grad(lambda *a: loss(lambda q, k, v: dot_product_attention(
         q, k, v, mask), *a), argnums=(0, 1, 2)))(*(x.astype(dtype) for x in (q, k, v)))
     out = dot_product_attention(*(x.astype(dtype) for x in (q, k, v)), mask)
@@ -70,26 +71,26 @@ def check_attention(implementation, dtype, tolerance, q, k, v, d_out, segment_id
 @pytest.mark.skipif(GPU, reason="asks for cuDNN where there is none")
 def test_cudnn_without_a_gpu_is_a_config_error_naming_the_key():
     with pytest.raises(ConfigError, match="model.attention_impl='cudnn' needs a GPU"):
-        layers.training_mask(jnp.ones((1, 8), jnp.int32), "cudnn")
+        attention.training_mask(jnp.ones((1, 8), jnp.int32), "cudnn")
 
 
 def test_jax_still_has_the_cudnn_packed_attention_lmlib_calls():
     """The private cuDNN entry point with per-row document offsets: a jax upgrade that moves or
     changes it fails here, on any machine, instead of slowing GPU training down unnoticed."""
-    assert layers.cudnn_packed_attention() is not None
+    assert attention.cudnn_packed_attention() is not None
 
 
 def test_packed_docs_describe_each_document_of_each_row():
     """What cuDNN's packed attention reads: each document's start and length, -1 after the last,
     and the overflow flag for rows of more documents than it takes."""
-    docs = layers.packed_docs(jnp.asarray(SEGMENT_IDS), max_docs=4)
+    docs = attention.packed_docs(jnp.asarray(SEGMENT_IDS), max_docs=4)
     assert docs.offsets_bm.tolist()[:2] == [[0, 40, -1, -1, -1], [0, -1, -1, -1, -1]]
     assert docs.lengths_bm.tolist()[:2] == [[40, 24, -1, -1], [64, -1, -1, -1]]
     assert bool(docs.overflow)
-    assert not layers.packed_docs(jnp.asarray(SEGMENT_IDS[:2]), max_docs=4).overflow
+    assert not attention.packed_docs(jnp.asarray(SEGMENT_IDS[:2]), max_docs=4).overflow
     # Every position of a row lies in exactly one of its documents, and the documents follow
     # the segment ids: rebuilding the mask from them gives attention_mask.
-    for row, (offsets, lengths) in enumerate(zip(*layers.packed_docs(
+    for row, (offsets, lengths) in enumerate(zip(*attention.packed_docs(
             jnp.asarray(SEGMENT_IDS), max_docs=64)[:2])):
         doc_of = np.full(64, -1)
         for doc, (start, length) in enumerate(zip(offsets[:-1], lengths)):
@@ -131,7 +132,7 @@ def test_remat_policies_give_identical_loss_and_gradients():
     ("BTD,DNH->BTNH", (2, 8, 16), (16, 4, 8)), ("BTNH,NHD->BTD", (2, 8, 4, 8), (4, 8, 16))])
 def test_model_einsum_in_bf16_gives_the_values_and_gradients_of_a_float32_one(
         spec, x_shape, w_shape):
-    """layers.einsum has its own backward on CPU in bfloat16 (f32-output dots); it must be the
+    """ops.einsum has its own backward on CPU in bfloat16 (f32-output dots); it must be the
     gradient of the einsum, as autodiff of a float32 einsum gives it, within bf16 rounding."""
     rng = np.random.default_rng(0)
     x, w = (jnp.asarray(rng.standard_normal(s), jnp.bfloat16) for s in (x_shape, w_shape))
@@ -141,7 +142,7 @@ def test_model_einsum_in_bf16_gives_the_values_and_gradients_of_a_float32_one(
     def loss(einsum, x, w):
         return (einsum(spec, x, w).astype(jnp.float32) * ct).sum()
 
-    ours = jax.value_and_grad(lambda x, w: loss(layers.einsum, x, w), argnums=(0, 1))(x, w)
+    ours = jax.value_and_grad(lambda x, w: loss(ops.einsum, x, w), argnums=(0, 1))(x, w)
     f32 = jax.value_and_grad(lambda x, w: loss(jnp.einsum, x, w), argnums=(0, 1))(
         x.astype(jnp.float32), w.astype(jnp.float32))
     np.testing.assert_allclose(ours[0], f32[0], rtol=2e-2, atol=0.1)
