@@ -37,8 +37,9 @@ FLAGS = flags.FLAGS
 def load(path: str, tokenizer_path: str | None):
     """(model config, params, tokenizer) of an lmlib run or a Hugging Face directory."""
     root = Path(path)
-    if (root / "config.json").exists() and (root / "model.safetensors.index.json").exists() \
-            or (root / "model.safetensors").exists():
+    sharded = ((root / "config.json").exists()
+               and (root / "model.safetensors.index.json").exists())
+    if sharded or (root / "model.safetensors").exists():
         config, params = hf.load_hf(root)
         default_tokenizer = hf.tokenizer_file(root)
     else:
@@ -67,7 +68,8 @@ def main(argv: list[str]) -> None:
     sampling = SamplingConfig(max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature,
                               top_k=FLAGS.top_k, top_p=FLAGS.top_p, eos_id=tokenizer.eos_id,
                               seed=FLAGS.seed)
-    encoded = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts]
+    # BOS first only where the tokenizer has one (Qwen2's has none), as in training.
+    encoded = [tokenizer.with_bos(tokenizer.encode(p)) for p in prompts]
     if len(prompts) == 1:  # stream: print each new piece of text as its token arrives
         print(prompts[0], end="", flush=True)
         tokens: list[int] = []

@@ -1,6 +1,6 @@
 """Decode throughput: lmlib's KV-cache sampler against transformers `generate`, same model.
 
-    python tools/benchmark_generate.py --batch_sizes=1,32 --new_tokens=64
+    python benchmarks/benchmark_generate.py --batch_sizes=1,32 --new_tokens=64
 
 The demo Llama with random weights (speed does not depend on them) is written as a Hugging Face
 directory and loaded by both; greedy decoding of `new_tokens` after a 16-token prompt, float32
@@ -17,9 +17,9 @@ import jax
 import numpy as np
 from flax import nnx
 
+from benchmarks.presets import PRESETS
 from lmlib import hf
 from lmlib.generate import Sampler, SamplingConfig
-from lmlib.models import LlamaConfig
 
 PROMPT_LEN = 16
 
@@ -43,7 +43,7 @@ def main() -> None:
     import torch
     import transformers
 
-    config = LlamaConfig.demo()
+    config = PRESETS["demo"]()
     params = nnx.to_pure_dict(nnx.state(config.make(nnx.Rngs(0))))
     params = jax.tree.map(np.asarray, params)
     sampler = Sampler(config, params)

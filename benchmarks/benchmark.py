@@ -1,7 +1,7 @@
 """Training-step throughput of lmlib against the same model in transformers + torch.
 
-    python tools/benchmark.py --model=demo --framework=both
-    python tools/benchmark.py --model=llama_1b --batch_size=8 --framework=lmlib
+    python benchmarks/benchmark.py --model=demo --framework=both
+    python benchmarks/benchmark.py --model=llama_1b --batch_size=8 --framework=lmlib
 
 Both sides train the same Llama (lmlib.hf maps the config) with AdamW on random tokens of the
 same batch and sequence length, bf16 compute over float32 weights (torch: autocast; --precision
@@ -30,11 +30,10 @@ from collections.abc import Callable
 
 import numpy as np
 
+from benchmarks.presets import PRESETS
 from lmlib import xla_flags
 from lmlib.models import LlamaConfig
 from lmlib.train.loop import TrainerConfig
-
-PRESETS = {"demo": LlamaConfig.demo, "llama_1b": LlamaConfig.llama_1b}
 
 
 def peak_host_gib() -> float:

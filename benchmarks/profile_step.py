@@ -1,6 +1,6 @@
 """Where the train step's time goes: the step taken apart into separately jitted pieces.
 
-    python tools/profile_step.py --model=demo --batch_size=16
+    python benchmarks/profile_step.py --model=demo --batch_size=16
 
 Times (median of --repeats after a warm-up) the whole train step, its gradient without the
 optimizer, the AdamW update alone, the forward pass to the final hidden states and its
@@ -20,15 +20,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks.presets import PRESETS
 from lmlib import xla_flags
 from lmlib.mesh import MeshConfig, make_mesh
-from lmlib.models import LlamaConfig, layers
+from lmlib.models import layers
+from lmlib.models.attention import dot_product_attention, training_mask
+from lmlib.models.ops import normal
 from lmlib.train.loop import TrainerConfig
 from lmlib.train.optimizer import AdamW
 from lmlib.train.state import init_state, state_layout
 from lmlib.train.step import StepConfig, loss_sums, make_train_step, random_batch
-
-PRESETS = {"demo": LlamaConfig.demo, "llama_1b": LlamaConfig.llama_1b}
 
 
 def timed(name: str, fn, *args, repeats: int, flops: float | None = None) -> None:
@@ -111,10 +112,10 @@ def main() -> None:
         n, k, h, d, f = c.num_heads, c.kv_heads, c.head_size, c.hidden_dim, c.mlp_dim
         q, kk, v = (jnp.asarray(rng.standard_normal((b, t, heads, h)), dtype)
                     for heads in (n, k, k))
-        mask = layers.training_mask(jnp.ones((b, t), jnp.int32), c.attention_impl)
+        mask = training_mask(jnp.ones((b, t), jnp.int32), c.attention_impl)
 
         def attention(q, k, v):
-            return layers.dot_product_attention(q, k, v, mask)
+            return dot_product_attention(q, k, v, mask)
 
         attention_flops = 4 * b * t * t * n * h
         timed("attention forward", jax.jit(attention), q, kk, v, repeats=repeats,
@@ -122,7 +123,7 @@ def main() -> None:
         timed("attention fwd+bwd",
               jax.jit(jax.grad(scalar(attention, q, kk, v), argnums=(0, 1, 2))),
               q, kk, v, repeats=repeats, flops=3 * attention_flops)
-        mlp = layers.GatedMLP(d, f, layers.normal(0.02), layers.normal(0.02), nnx.Rngs(0))
+        mlp = layers.GatedMLP(d, f, normal(0.02), normal(0.02), nnx.Rngs(0))
         x = jnp.asarray(rng.standard_normal((b, t, d)), dtype)
         graphdef, weights = nnx.split(mlp)
         weights = jax.tree.map(lambda w: w.astype(dtype), weights)

@@ -1,6 +1,6 @@
 """Hugging Face conversion time and peak memory against transformers loading and saving.
 
-    python tools/benchmark_convert.py --model=llama_1b --dir=/tmp/convert
+    python benchmarks/benchmark_convert.py --model=llama_1b --dir=/tmp/convert
 
 Makes a random Hugging Face Llama of the preset's shape once (bf16 safetensors, 2 GB shards,
 as hub checkpoints are), then times, each in its own process: `tools/convert_hf.py import`
@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.presets import PRESETS
+
 REPO = Path(__file__).resolve().parent.parent
 
 PEER = """
@@ -33,9 +35,8 @@ def make_hf_checkpoint(directory: Path, preset: str) -> None:
     import transformers
 
     from lmlib import hf
-    from lmlib.models import LlamaConfig
 
-    config = getattr(LlamaConfig, preset)()
+    config = PRESETS[preset]()
     hf_config = transformers.LlamaConfig(**hf.hf_config_from_model(config, dtype="bfloat16"))
     torch.manual_seed(0)
     with torch.device("cpu"):
@@ -58,7 +59,7 @@ def measured(name: str, command: list[str]) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="llama_1b", help="a LlamaConfig preset")
+    parser.add_argument("--model", choices=sorted(PRESETS), default="llama_1b")
     parser.add_argument("--dir", default="/tmp/lmlib-convert")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()

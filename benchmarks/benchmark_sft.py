@@ -1,6 +1,6 @@
 """Packed against padded finetuning rows: how much of each step is real tokens, and how fast.
 
-    python tools/benchmark_sft.py --exp=StdlibSFT --steps=20
+    python benchmarks/benchmark_sft.py --exp=StdlibSFT --steps=20
 
 Runs the experiment's train step on its own data in both layouts, one after the other in one
 process, and reports per layout: examples per row, the fraction of row tokens that are not

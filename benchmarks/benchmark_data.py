@@ -1,6 +1,6 @@
 """Data throughput: prepare against the `tokenizers` library, the loader against the train step.
 
-    python tools/benchmark_data.py --part=both
+    python benchmarks/benchmark_data.py --part=both
 
 prepare: the embedded corpus's train documents written as JSONL files, tokenized by lmlib's
 prepare (processes over files, ArrayRecord shards, manifest) with the demo's tokenizer exported
@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from lmlib import xla_flags
 from lmlib.data import prepare as prepare_lib
 from lmlib.data import sources
 from lmlib.data.pretrain import PretrainData, prepare_data, stdlib_tokenizer
@@ -112,24 +113,35 @@ def loader_batches_per_sec(seq_len: int, batch_size: int, windows: int) -> float
     return batches / (time.perf_counter() - start)
 
 
+def step_seconds(experiment, steps: int = 10, warmup: int = 3) -> float:
+    """Median seconds of a resolved experiment's train step as it trains (batch size, compute
+    dtype, loss chunks) on random tokens: benchmark.py's lmlib side, the data left out."""
+    import jax.numpy as jnp
+
+    from benchmarks.benchmark import lmlib_runner, time_steps
+
+    trainer = experiment.trainer
+    runner = lmlib_runner(experiment.model, trainer.batch_size, trainer.dtypes[1] == jnp.bfloat16,
+                          steps + warmup, trainer.loss_chunk_len)
+    return statistics.median(time_steps(runner, steps, warmup))
+
+
 def bench_loader(windows: int) -> None:
     import jax
 
+    from benchmarks.presets import PRESETS
     from lmlib.experiment import resolve
-    from lmlib.models import LlamaConfig
     from lmlib.train.metrics import PEAK_FLOPS
-    from tools.benchmark import bench_lmlib
 
     demo = resolve("StdlibLlama")
     seq, batch = demo.model.seq_len, demo.trainer.batch_size
     loader = loader_batches_per_sec(seq, batch, windows)
-    step = bench_lmlib(demo.model, batch, steps=10, warmup=3, bf16=True)
-    needed = 1 / step["step_seconds"]
+    needed = 1 / step_seconds(demo)
     print(f"demo ({batch}x{seq}): loader {loader:,.1f} batches/s, the step consumes "
           f"{needed:,.1f} batches/s on {jax.device_count()} {jax.devices()[0].platform} "
           f"device(s): {loader / needed:.1f}x headroom", flush=True)
 
-    config, batch = LlamaConfig.llama_1b(), 8
+    config, batch = PRESETS["llama_1b"](), 8
     loader = loader_batches_per_sec(config.seq_len, batch, windows)
     tokens_per_sec = 0.5 * PEAK_FLOPS["h100"] / config.flops_per_token()
     needed = tokens_per_sec / (batch * config.seq_len)
@@ -150,6 +162,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=8,
                         help="row-shuffle windows (1,024 rows each) the loader is timed over")
     args = parser.parse_args()
+    xla_flags.set_defaults()  # lmlib's, as lmlib.main sets them, before JAX starts
     if args.part in ("prepare", "both"):
         bench_prepare(args.repeats, args.workers, args.files, args.copies)
     if args.part in ("loader", "both"):

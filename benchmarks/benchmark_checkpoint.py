@@ -1,7 +1,7 @@
 """How long a checkpoint save blocks the training loop, async against synchronous, and its size.
 
-    python tools/benchmark_checkpoint.py --model=demo
-    python tools/benchmark_checkpoint.py --model=llama_1b --params_only
+    python benchmarks/benchmark_checkpoint.py --model=demo
+    python benchmarks/benchmark_checkpoint.py --model=llama_1b --params_only
 
 "blocked" is the time `Checkpointer.save` keeps the loop from its next step; "total" runs until
 the checkpoint is committed on disk.
@@ -17,13 +17,11 @@ from pathlib import Path
 
 import jax
 
+from benchmarks.presets import PRESETS
 from lmlib.mesh import MeshConfig, make_mesh
-from lmlib.models import LlamaConfig
 from lmlib.train.checkpoint import CheckpointConfig, Checkpointer
 from lmlib.train.optimizer import AdamW
 from lmlib.train.state import init_state, state_layout
-
-PRESETS = {"demo": LlamaConfig.demo, "llama_1b": LlamaConfig.llama_1b}
 
 
 def directory_bytes(path: Path) -> int:
