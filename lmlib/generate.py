@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from lmlib.models import ModelConfig
+from lmlib.models.families import family_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,9 +95,10 @@ class Sampler:
             raise ValueError("every prompt needs at least one token")
         batch, prompt_len = len(prompts), max(map(len, prompts))
         slots = prompt_len + sampling.max_new_tokens
-        if not hasattr(self.config, "rope_theta") and slots > self.config.seq_len:
+        positions = family_of(self.config).max_positions(self.config)
+        if positions is not None and slots > positions:
             raise ValueError(f"prompt + max_new_tokens = {slots} exceeds the model's "
-                             f"{self.config.seq_len} learned positions")
+                             f"{positions} learned positions")
         pad = np.asarray([prompt_len - len(p) for p in prompts], np.int32)
         tokens = np.zeros((batch, prompt_len), np.int32)
         for row, prompt in enumerate(prompts):

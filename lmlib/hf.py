@@ -1,21 +1,17 @@
 """Hugging Face <-> lmlib: configs, parameters, checkpoint directories and tokenizers.
 
-Each model family has one table of rows (HF tensor name, lmlib parameter paths, layout); the same
+Each model family (lmlib.models.families) declares its config.json reader and writer and one
+table of rows (HF tensor name, lmlib parameter paths, layout; lmlib.models.hf_table); the same
 table drives both directions, so import and export cannot drift apart. Tensors stream one at a
 time: a safetensors checkpoint is read lazily and written shard by shard.
-
-Shapes in names: D model width, N query heads, K key/value heads, H head dim, F MLP width,
-V vocabulary, L layers.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import math
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +22,10 @@ from flax import traverse_util
 
 from lmlib.data.tokenizer import SentencePieceTokenizer, Tokenizer
 from lmlib.errors import ConfigError
-from lmlib.models import Gpt2Config, LlamaConfig, ModelConfig, abstract_model
+from lmlib.models import ModelConfig, abstract_model
+from lmlib.models.families import family_for_hf, family_of
+from lmlib.models.family import Family
+from lmlib.models.hf_table import Row
 
 Params = dict[str, Any]  # the nested pure dict of nnx.to_pure_dict(nnx.state(model))
 
@@ -34,230 +33,12 @@ DTYPES = {"float32": np.float32, "f32": np.float32,
           "bfloat16": ml_dtypes.bfloat16, "bf16": ml_dtypes.bfloat16}
 
 # ---------------------------------------------------------------------------------------------
-# Parameter layouts and the per-family tables
-
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """How one HF tensor holds one or more lmlib parameters (of one layer).
-
-    transposed: HF stores the matrix (out, in) as torch.nn.Linear does; lmlib and GPT-2's Conv1D
-        store (in, out).
-    in_axes: how many leading lmlib axes make HF's input axis (the rest make its output axis);
-        0 flattens to a vector; None keeps the shape as it is.
-    parts: lmlib parameters concatenated along HF's output axis (GPT-2's fused q|k|v).
-    """
-    in_axes: int | None = None
-    transposed: bool = False
-    parts: int = 1
-
-    def to_lmlib(self, hf: np.ndarray, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
-        matrix = hf.T if self.transposed else hf
-        pieces = np.split(matrix, self.parts, axis=-1) if self.parts > 1 else [matrix]
-        return [piece.reshape(shape) for piece, shape in zip(pieces, shapes, strict=True)]
-
-    def to_hf(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
-        matrices = [self._flatten(a) for a in arrays]
-        matrix = np.concatenate(matrices, axis=-1) if len(matrices) > 1 else matrices[0]
-        return np.ascontiguousarray(matrix.T if self.transposed else matrix)
-
-    def _flatten(self, array: np.ndarray) -> np.ndarray:
-        if self.in_axes is None:
-            return array
-        if self.in_axes == 0:
-            return array.reshape(-1)
-        return array.reshape(math.prod(array.shape[:self.in_axes]), -1)
-
-
-KEEP = Layout()
-LINEAR = Layout(in_axes=1, transposed=True)  # nn.Linear (out, in) <-> (D, ...) in lmlib
-LINEAR_OUT = Layout(in_axes=2, transposed=True)  # o_proj (D, N*H) <-> (N, H, D)
-FLAT = Layout(in_axes=0)  # a bias (N*H,) <-> (N, H)
-
-
-@dataclasses.dataclass(frozen=True)
-class Row:
-    """One HF tensor. A `{i}` in the name makes it a per-layer row, stacked on lmlib's L axis."""
-    hf_name: str
-    paths: tuple[str, ...]  # dotted paths into the pure params dict
-    layout: Layout = KEEP
-
-    @property
-    def per_layer(self) -> bool:
-        return "{i}" in self.hf_name
-
-
-def _llama_table(config: LlamaConfig) -> list[Row]:
-    layer, blocks = "model.layers.{i}.", "layers.blocks."
-    rows = [
-        Row("model.embed_tokens.weight", ("embed.table",)),
-        Row(layer + "input_layernorm.weight", (blocks + "attn_norm.scale",)),
-        Row(layer + "self_attn.q_proj.weight", (blocks + "attn.q",), LINEAR),
-        Row(layer + "self_attn.k_proj.weight", (blocks + "attn.k",), LINEAR),
-        Row(layer + "self_attn.v_proj.weight", (blocks + "attn.v",), LINEAR),
-        Row(layer + "self_attn.o_proj.weight", (blocks + "attn.o",), LINEAR_OUT),
-        Row(layer + "post_attention_layernorm.weight", (blocks + "mlp_norm.scale",)),
-        Row(layer + "mlp.gate_proj.weight", (blocks + "mlp.gate",), LINEAR),
-        Row(layer + "mlp.up_proj.weight", (blocks + "mlp.up",), LINEAR),
-        Row(layer + "mlp.down_proj.weight", (blocks + "mlp.down",), LINEAR),
-        Row("model.norm.weight", ("final_norm.scale",)),
-    ]
-    if config.qkv_bias:
-        rows += [Row(layer + f"self_attn.{x}_proj.bias", (blocks + f"attn.{x}_bias",), FLAT)
-                 for x in "qkv"]
-    if not config.tie_embeddings:
-        rows.append(Row("lm_head.weight", ("head",), LINEAR))
-    return rows
-
-
-def _gpt2_table(config: Gpt2Config) -> list[Row]:
-    # Conv1D stores (in, out): no transposes, only GPT-2's fused q|k|v to split.
-    layer, blocks = "transformer.h.{i}.", "layers.blocks."
-    attn = blocks + "attn."
-    return [
-        Row("transformer.wte.weight", ("embed.table",)),
-        Row("transformer.wpe.weight", ("position_embed",)),
-        Row(layer + "ln_1.weight", (blocks + "attn_norm.scale",)),
-        Row(layer + "ln_1.bias", (blocks + "attn_norm.bias",)),
-        Row(layer + "attn.c_attn.weight", (attn + "q", attn + "k", attn + "v"),
-            Layout(in_axes=1, parts=3)),
-        Row(layer + "attn.c_attn.bias", (attn + "q_bias", attn + "k_bias", attn + "v_bias"),
-            Layout(in_axes=0, parts=3)),
-        Row(layer + "attn.c_proj.weight", (attn + "o",), Layout(in_axes=2)),
-        Row(layer + "attn.c_proj.bias", (attn + "o_bias",)),
-        Row(layer + "ln_2.weight", (blocks + "mlp_norm.scale",)),
-        Row(layer + "ln_2.bias", (blocks + "mlp_norm.bias",)),
-        Row(layer + "mlp.c_fc.weight", (blocks + "mlp.up",)),
-        Row(layer + "mlp.c_fc.bias", (blocks + "mlp.up_bias",)),
-        Row(layer + "mlp.c_proj.weight", (blocks + "mlp.down",)),
-        Row(layer + "mlp.c_proj.bias", (blocks + "mlp.down_bias",)),
-        Row("transformer.ln_f.weight", ("final_norm.scale",)),
-        Row("transformer.ln_f.bias", ("final_norm.bias",)),
-    ]
-
-
-def param_table(config: ModelConfig) -> list[Row]:
-    return _gpt2_table(config) if isinstance(config, Gpt2Config) else _llama_table(config)
-
-
-# Tensors a checkpoint may hold that carry no parameters: causal-mask and RoPE buffers of older
-# transformers versions, and a tied head saved next to the embedding it equals.
-_IGNORED_TENSORS = re.compile(r"(\.attn\.(masked_)?bias|\.rotary_emb\.inv_freq|^lm_head\.weight)$")
-
-# Original GPT-2 checkpoints (openai-community/gpt2) name their tensors without the prefix.
-_OPTIONAL_PREFIX = "transformer."
-
-# ---------------------------------------------------------------------------------------------
 # Configs
-
-
-def _rope_fields(hf: dict) -> dict[str, Any]:
-    """LlamaConfig RoPE fields from `rope_parameters` (transformers 5) or `rope_theta` +
-    `rope_scaling` (transformers 4 and most hub checkpoints)."""
-    rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
-    theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type == "default":
-        return {"rope_theta": float(theta)}
-    if rope_type == "llama3":
-        return {"rope_theta": float(theta), "rope_scaling_factor": float(rope["factor"]),
-                "rope_low_freq_factor": float(rope["low_freq_factor"]),
-                "rope_high_freq_factor": float(rope["high_freq_factor"]),
-                "rope_original_seq_len": int(rope["original_max_position_embeddings"])}
-    raise ConfigError(f"Hugging Face RoPE type {rope_type!r} is not supported "
-                      "(supported: default, llama3)")
-
-
-def _require(hf: dict, key: str, allowed: Sequence[Any]) -> None:
-    if hf.get(key, allowed[0]) not in allowed:
-        raise ConfigError(f"Hugging Face {hf['model_type']} config {key}={hf[key]!r} is not "
-                          f"supported by lmlib (supported: {list(allowed)})")
-
-
-TRAIN_SEQ_LEN = 4096  # the training row length of an imported model, at most
-
-
-def _llama_from_hf(hf: dict, **fields: Any) -> LlamaConfig:
-    _require(hf, "hidden_act", ["silu"])
-    _require(hf, "attention_bias", [False])
-    _require(hf, "mlp_bias", [False])
-    num_heads = hf["num_attention_heads"]
-    head_dim = hf.get("head_dim")
-    max_seq_len = hf.get("max_position_embeddings", 2048)
-    # Train on rows of at most TRAIN_SEQ_LEN tokens: a Llama-3.1's 131,072 would be the
-    # context it supports, not a sane default row (--set model.seq_len asks for more).
-    seq_len = min(max_seq_len, TRAIN_SEQ_LEN)
-    # lmlib attends to the whole context; that equals a sliding window only up to its width.
-    window = hf.get("sliding_window")
-    if window and hf.get("use_sliding_window", True):
-        seq_len = min(seq_len, window)
-    return LlamaConfig(
-        vocab_size=hf["vocab_size"], hidden_dim=hf["hidden_size"],
-        num_layers=hf["num_hidden_layers"], num_heads=num_heads,
-        num_kv_heads=hf.get("num_key_value_heads") or num_heads,
-        head_dim=None if head_dim in (None, hf["hidden_size"] // num_heads) else head_dim,
-        mlp_dim=hf["intermediate_size"], seq_len=seq_len, max_seq_len=max_seq_len,
-        norm_eps=hf.get("rms_norm_eps", 1e-6),
-        tie_embeddings=hf.get("tie_word_embeddings", False), **_rope_fields(hf), **fields)
-
-
-def _gpt2_from_hf(hf: dict) -> Gpt2Config:
-    _require(hf, "activation_function", ["gelu_new", "gelu_pytorch_tanh"])
-    _require(hf, "scale_attn_by_inverse_layer_idx", [False])
-    _require(hf, "tie_word_embeddings", [True])
-    return Gpt2Config(vocab_size=hf["vocab_size"], hidden_dim=hf["n_embd"],
-                      num_layers=hf["n_layer"], num_heads=hf["n_head"],
-                      mlp_dim=hf.get("n_inner"), seq_len=hf["n_positions"],
-                      norm_eps=hf.get("layer_norm_epsilon", 1e-5))
-
-
-_CONFIG_READERS: dict[str, Callable[[dict], ModelConfig]] = {
-    "llama": _llama_from_hf,
-    "mistral": _llama_from_hf,  # Llama-shaped; its sliding window caps seq_len
-    "qwen2": lambda hf: _llama_from_hf(hf, qkv_bias=True),
-    "gpt2": _gpt2_from_hf,
-}
 
 
 def model_config_from_hf(hf_config: dict) -> ModelConfig:
     """The lmlib model config of a Hugging Face `config.json` (as a dict)."""
-    model_type = hf_config.get("model_type")
-    if model_type not in _CONFIG_READERS:
-        raise ConfigError(f"Hugging Face model_type {model_type!r} is not supported "
-                          f"(supported: {', '.join(sorted(_CONFIG_READERS))})")
-    return _CONFIG_READERS[model_type](hf_config)
-
-
-def _llama_to_hf(c: LlamaConfig) -> dict[str, Any]:
-    rope = {"rope_type": "default", "rope_theta": c.rope_theta}
-    if c.rope_scaling is not None:
-        rope.update(rope_type="llama3", factor=c.rope_scaling_factor,
-                    low_freq_factor=c.rope_low_freq_factor,
-                    high_freq_factor=c.rope_high_freq_factor,
-                    original_max_position_embeddings=c.rope_original_seq_len)
-    model_type = "qwen2" if c.qkv_bias else "llama"  # Qwen2 is Llama with q/k/v biases
-    hf = {"model_type": model_type,
-          "architectures": ["Qwen2ForCausalLM" if c.qkv_bias else "LlamaForCausalLM"],
-          "vocab_size": c.vocab_size, "hidden_size": c.hidden_dim,
-          "num_hidden_layers": c.num_layers, "num_attention_heads": c.num_heads,
-          "num_key_value_heads": c.kv_heads, "head_dim": c.head_size,
-          "intermediate_size": c.mlp_dim,
-          "max_position_embeddings": max(c.max_seq_len, c.seq_len),
-          "rms_norm_eps": c.norm_eps, "tie_word_embeddings": c.tie_embeddings,
-          "hidden_act": "silu", "rope_parameters": rope}
-    if c.qkv_bias:
-        hf.update(use_sliding_window=False, sliding_window=None)
-    else:
-        hf.update(attention_bias=False, mlp_bias=False)
-    return hf
-
-
-def _gpt2_to_hf(c: Gpt2Config) -> dict[str, Any]:
-    return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
-            "vocab_size": c.vocab_size, "n_embd": c.hidden_dim, "n_layer": c.num_layers,
-            "n_head": c.num_heads, "n_inner": c.mlp_dim, "n_positions": c.seq_len,
-            "layer_norm_epsilon": c.norm_eps, "activation_function": "gelu_new",
-            "tie_word_embeddings": True}
+    return family_for_hf(hf_config.get("model_type")).config_from_hf(hf_config)
 
 
 def hf_config_from_model(config: ModelConfig, *, bos_id: int | None = 1,
@@ -265,12 +46,22 @@ def hf_config_from_model(config: ModelConfig, *, bos_id: int | None = 1,
     """A Hugging Face `config.json` (as a dict) for an lmlib model config.
 
     Token ids default to lmlib's sentencepiece layout (unk, bos, eos, pad = 0..3)."""
-    hf = _gpt2_to_hf(config) if isinstance(config, Gpt2Config) else _llama_to_hf(config)
+    hf = family_of(config).hf_writer(config)
     return {**hf, "bos_token_id": bos_id, "eos_token_id": eos_id,
             "dtype": np.dtype(DTYPES[dtype]).name}
 
 # ---------------------------------------------------------------------------------------------
 # Parameters
+
+
+def param_table(config: ModelConfig) -> list[Row]:
+    return family_of(config).hf_table(config)
+
+
+def _ignored_tensors(family: Family) -> re.Pattern[str]:
+    """Tensors a checkpoint may hold that carry no parameters: the family's buffers, and a tied
+    head saved next to the embedding it equals."""
+    return re.compile("(" + "|".join((*family.hf_ignored, r"^lm_head\.weight")) + ")$")
 
 
 def _param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -304,14 +95,16 @@ def params_from_hf(tensors: Mapping[str, Any], config: ModelConfig, *,
     converted and dropped, so peak memory is the float32 model plus one tensor."""
     shapes = _param_shapes(config)
     flat = {path: np.empty(shape, np.float32) for path, shape in shapes.items()}
-    names = {name.removeprefix(_OPTIONAL_PREFIX): name for name in tensors}
-    rows = param_table(config)
+    family = family_of(config)
+    prefix = family.hf_optional_prefix  # which some checkpoints leave off their tensor names
+    names = {name.removeprefix(prefix): name for name in tensors}
+    rows = family.hf_table(config)
     used = set()
     with _progress(sum(config.num_layers if r.per_layer else 1 for r in rows),
                    "HF -> lmlib", progress) as bar:
         for row in rows:
             for i, name in _row_names(row, config.num_layers):
-                key = name if name in tensors else names.get(name.removeprefix(_OPTIONAL_PREFIX))
+                key = name if name in tensors else names.get(name.removeprefix(prefix))
                 if key is None:
                     raise ConfigError(f"the Hugging Face checkpoint has no tensor {name!r} "
                                       f"(needed for lmlib parameter {', '.join(row.paths)})")
@@ -326,7 +119,8 @@ def params_from_hf(tensors: Mapping[str, Any], config: ModelConfig, *,
                 for path, piece in zip(row.paths, pieces):
                     flat[path][... if i is None else i] = piece
                 bar.update()
-    unused = sorted(n for n in set(tensors) - used if not _IGNORED_TENSORS.search(n))
+    ignored = _ignored_tensors(family)
+    unused = sorted(n for n in set(tensors) - used if not ignored.search(n))
     if unused:
         logging.warning("Hugging Face tensors not used by lmlib: %s", ", ".join(unused))
     return traverse_util.unflatten_dict(flat, sep=".")

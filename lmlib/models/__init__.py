@@ -1,5 +1,6 @@
 """Model families. Each config has `make(rngs)` and `flops_per_token()`; each model maps
-(tokens, positions, segment_ids) to final hidden states and has `logits(hidden)`."""
+(tokens, positions, segment_ids) to final hidden states and has `logits(hidden)`. The families
+themselves are listed in lmlib.models.families."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import math
 import jax
 from flax import nnx
 
+from lmlib.models.families import ModelConfig
 from lmlib.models.gpt2 import Gpt2, Gpt2Config
 from lmlib.models.llama import Llama, LlamaConfig
 
-ModelConfig = LlamaConfig | Gpt2Config
 __all__ = ["Gpt2", "Gpt2Config", "Llama", "LlamaConfig", "ModelConfig", "abstract_model", "num_params"]
 
 

@@ -11,7 +11,8 @@ from flax import nnx
 
 from lmlib.errors import ConfigError
 from lmlib.mesh import constrain
-from lmlib.models import attention, layers, ops
+from lmlib.models import attention, gpt2_hf, layers, ops
+from lmlib.models.family import Family
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,3 +106,13 @@ class Gpt2(layers.DecoderLM):
 
     def logits(self, hidden_btd: jax.Array) -> jax.Array:
         return self.embed.attend(hidden_btd)
+
+
+FAMILY = Family(
+    name="gpt2", config_class=Gpt2Config, model_class=Gpt2,
+    hf_readers={"gpt2": gpt2_hf.read_config}, hf_writes=("gpt2",),
+    hf_writer=gpt2_hf.write_config, hf_table=gpt2_hf.param_table,
+    # Original checkpoints (openai-community/gpt2) name their tensors without the prefix.
+    hf_optional_prefix="transformer.",
+    hf_ignored=(r"\.attn\.(masked_)?bias",),  # causal-mask buffers of older transformers
+    max_positions=lambda config: config.seq_len)  # the learned position table

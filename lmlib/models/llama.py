@@ -12,7 +12,8 @@ from flax import nnx
 
 from lmlib.errors import ConfigError
 from lmlib.mesh import constrain
-from lmlib.models import attention, layers, ops, rope
+from lmlib.models import attention, layers, llama_hf, ops, rope
+from lmlib.models.family import Family
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,3 +143,12 @@ class Llama(layers.DecoderLM):
         if self.config.tie_embeddings:
             return self.embed.attend(hidden_btd)
         return ops.einsum("BTD,DV->BTV", hidden_btd, self.head[...])
+
+
+FAMILY = Family(
+    name="llama", config_class=LlamaConfig, model_class=Llama,
+    hf_readers={"llama": llama_hf.read_config, "mistral": llama_hf.read_config,
+                "qwen2": llama_hf.read_qwen2_config},
+    hf_writes=("llama", "qwen2"), hf_writer=llama_hf.write_config,
+    hf_table=llama_hf.param_table,
+    hf_ignored=(r"\.rotary_emb\.inv_freq",))  # RoPE buffers of older transformers versions

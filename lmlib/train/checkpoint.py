@@ -33,10 +33,9 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from lmlib import distributed
 from lmlib.errors import CheckpointFailed, ConfigError, one_line
-from lmlib.models import Gpt2Config, LlamaConfig, ModelConfig
+from lmlib.models import ModelConfig
+from lmlib.models.families import family_named
 from lmlib.tree_util import flatten_dict
-
-MODEL_CONFIGS = {cls.__name__: cls for cls in (LlamaConfig, Gpt2Config)}
 
 # Model fields that choose how the model computes, not what: parameters load across them.
 MODEL_COMPUTE_OPTIONS = ("model.remat", "model.attention_impl", "model.unroll_layers")
@@ -362,8 +361,9 @@ def read_meta(path: str | os.PathLike) -> dict:
 
 
 def model_config(meta: dict) -> ModelConfig:
-    """The model config a checkpoint was written with."""
-    return MODEL_CONFIGS[meta["model_type"]](**meta["config"]["model"])
+    """The model config a checkpoint was written with (its meta names the config class,
+    "LlamaConfig", or the family, "llama")."""
+    return family_named(meta["model_type"]).config_class(**meta["config"]["model"])
 
 
 def restore_params(path: str | os.PathLike, abstract_params) -> Any:
