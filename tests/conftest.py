@@ -68,14 +68,14 @@ def byte_level_bpe(directory, bos_token, vocab_size=700):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from lmlib.data import sources
+    from lmlib.data import stdlib
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     specials = ["<|begin_of_text|>", "<|end_of_text|>"]
     tokenizer.train_from_iterator(
-        (sources.read_text(p) for p in sources.stdlib_files("eval")[:20]),
+        (stdlib.read_text(p) for p in stdlib.stdlib_files("eval")[:20]),
         trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=bos_token,

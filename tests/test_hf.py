@@ -13,7 +13,7 @@ from flax import nnx
 from safetensors.numpy import load_file
 
 from lmlib import hf
-from lmlib.data import sources
+from lmlib.data import stdlib
 from lmlib.data.tokenizer import train_sentencepiece
 from lmlib.errors import ConfigError
 from lmlib.models import abstract_model, rope
@@ -173,8 +173,8 @@ def test_pickle_checkpoints_need_allow_pickle(tmp_path):
 
 
 def test_exported_tokenizer_encodes_like_sentencepiece(tmp_path):
-    files = sources.stdlib_files("eval")[:12]
-    texts = [sources.read_text(p) for p in files]
+    files = stdlib.stdlib_files("eval")[:12]
+    texts = [stdlib.read_text(p) for p in files]
     tokenizer = train_sentencepiece(texts, tmp_path / "spm.model", vocab_size=1000)
     hf.save_hf_tokenizer(tmp_path / "hf", (tmp_path / "spm.model").read_bytes())
     auto = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")

@@ -70,10 +70,10 @@ def make_inputs(scratch: Path) -> None:
     import transformers
 
     from lmlib import hf
-    from lmlib.data import sources
+    from lmlib.data import stdlib
     from lmlib.data.pretrain import PretrainData, prepare_data
 
-    texts = [sources.read_text(p) for p in sources.stdlib_files("train")[:160]]
+    texts = [stdlib.read_text(p) for p in stdlib.stdlib_files("train")[:160]]
     bucket = fsspec.filesystem("gs")
     for i in range(128):  # web.{000..127}.jsonl.zst, one document each
         line = json.dumps({"text": texts[i]}) + "\n"

@@ -27,9 +27,9 @@ def write_jsonl(path: Path, texts: list[str]) -> Path:
 
 
 def stdlib_texts(count: int) -> list[str]:
-    from lmlib.data import sources
+    from lmlib.data import stdlib
 
-    return [sources.read_text(p) for p in sources.stdlib_files("train")[:count]]
+    return [stdlib.read_text(p) for p in stdlib.stdlib_files("train")[:count]]
 
 
 # ----------------------------------------------------------------------------- the config

@@ -2,8 +2,9 @@
 
 Grain, in this order: global shuffle of documents by seed (reshuffled each epoch) ->
 concat-then-split packing into rows of seq_len + 1 tokens -> model inputs (tokens, targets,
-positions, segment ids, loss weights) -> global batches -> this process's block of each. The
-iterator's state is small (indices into the shuffled order) and goes into checkpoints.
+positions, segment ids, loss weights) -> global batches -> this process's block of each (the
+row steps shared with finetuning are lmlib.data.rows). The iterator's state is small (indices
+into the shuffled order) and goes into checkpoints.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import grain
 import numpy as np
 
 from lmlib.data import prepare as prepare_lib
-from lmlib.data import sources
-from lmlib.data.tokenizer import SentencePieceTokenizer, Tokenizer, load_tokenizer, \
-    train_sentencepiece
+from lmlib.data import sources, stdlib
+from lmlib.data.rows import model_inputs, process_batches, read_order
+from lmlib.data.tokenizer import (SentencePieceTokenizer, Tokenizer, load_tokenizer,
+                                  train_sentencepiece)
 from lmlib.errors import ConfigError, check_choices
 
 
@@ -59,6 +61,11 @@ class PretrainData:
     # consecutive rows, and without this they would land in the same or adjacent batches.
     row_shuffle_window: int = 1024
 
+    @functools.cached_property
+    def mixture(self) -> sources.Mixture:
+        """train_urls and validation_urls, parsed once (by validate()) and kept."""
+        return sources.Mixture.parse(self.train_urls, self.validation_urls, self.format)
+
     def validate(self) -> None:
         choices = {"source": ("stdlib", "urls"), "format": ("auto", *sources.READERS),
                    "text_split": ("file", "blank_line"), "on_error": ("stop", "skip")}
@@ -71,7 +78,7 @@ class PretrainData:
         if not 0 <= self.validation_fraction < 1:
             raise ConfigError(f"data.validation_fraction={self.validation_fraction}: expected "
                               "a fraction in [0, 1)")
-        sources.parse_mixture(self.train_urls)  # its errors now, not after tokenizer training
+        self.mixture  # parsed now: its errors before tokenizer training, not after
 
 
 def cache_dir(config: PretrainData) -> Path:
@@ -141,18 +148,16 @@ class _Plan:
 
 
 def _stdlib_plan() -> _Plan:
-    splits = {split: [str(p) for p in sources.stdlib_files(split)] for split in ("train", "eval")}
-    fingerprint = sources.fingerprint_files([Path(p) for p in splits["train"] + splits["eval"]])
-    return _Plan(f"stdlib-{fingerprint}", [splits], sources.read_stdlib_file,
+    splits = {split: [str(p) for p in stdlib.stdlib_files(split)] for split in ("train", "eval")}
+    fingerprint = stdlib.fingerprint_files([Path(p) for p in splits["train"] + splits["eval"]])
+    return _Plan(f"stdlib-{fingerprint}", [splits], stdlib.read_stdlib_file,
                  {"stdlib": fingerprint}, 0.0, {})
 
 
 def _urls_plan(config: PretrainData) -> _Plan:
-    def expand(urls: list[str]) -> list[str]:
-        return list(dict.fromkeys(f for url in urls for f in sources.expand_url(url, config.format)))
-
-    datasets = [{"train": expand(urls)} for urls, _ in sources.parse_mixture(config.train_urls)]
-    validation = expand(sources.split_top_level(config.validation_urls))
+    mixture = config.mixture
+    datasets = [{"train": mixture.files(source.urls)} for source in mixture.train]
+    validation = mixture.files(mixture.validation)
     holdout = 0.0 if validation else config.validation_fraction
     if validation:
         datasets[0]["eval"] = validation
@@ -231,8 +236,7 @@ def prepare_data(config: PretrainData, tokenizer_path: str | Path | None = None
         fingerprints=fingerprints, sources=plan.stamps, num_workers=config.num_workers)
     if "://" in directory:
         directory = str(_local_copy(directory, manifest, cache_dir(config)))
-    weights = tuple(w for _, w in sources.parse_mixture(config.train_urls)) or (1.0,)
-    return PreparedData(tokenizer, directory, manifest, plan.name, weights,
+    return PreparedData(tokenizer, directory, manifest, plan.name, config.mixture.weights,
                         config.row_shuffle_window)
 
 
@@ -257,38 +261,10 @@ def _decode(record: bytes) -> dict[str, np.ndarray]:
     return {"tokens": np.frombuffer(record, dtype=np.int32)}
 
 
-def model_inputs(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """One packed row of seq_len + 1 tokens -> next-token inputs and targets.
-
-    Positions restart at 0 at each document start and at the row start (a document split across
-    rows continues in the next row from position 0), so they never exceed seq_len. The target of
-    the last token of one document is the first token of the next: its weight is 0. A row with a
-    "loss_mask" (supervised data) also gives 0 weight to the targets it masks (the prompt).
-    """
-    tokens, segments = row["tokens"], row["tokens_segment_ids"]
-    inputs, targets = tokens[:-1], tokens[1:]
-    input_segments, target_segments = segments[:-1], segments[1:]
-    starts = np.r_[True, input_segments[1:] != input_segments[:-1]]
-    index = np.arange(len(inputs))
-    positions = index - np.maximum.accumulate(np.where(starts, index, 0))
-    weights = (input_segments == target_segments) & (input_segments != 0)
-    if "loss_mask" in row:
-        weights &= row["loss_mask"][1:].astype(bool)
-    return {
-        "tokens": inputs.astype(np.int32),
-        "targets": targets.astype(np.int32),
-        "positions": positions.astype(np.int32),
-        "segment_ids": input_segments.astype(np.int32),
-        "weights": weights.astype(np.float32),
-    }
-
-
 def _documents(shard_paths: Sequence[str], seed: int, shuffle: bool,
                repeat: bool) -> grain.MapDataset:
     dataset = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(list(shard_paths)))
-    if shuffle:
-        dataset = dataset.shuffle(seed=seed)
-    return dataset.repeat() if repeat else dataset
+    return read_order(dataset, seed=seed, shuffle=shuffle, repeat=repeat)
 
 
 def packed_dataset(shard_paths: list[str], *, seq_len: int, batch_size: int, seed: int,
@@ -323,48 +299,3 @@ def packed_dataset(shard_paths: list[str], *, seq_len: int, batch_size: int, see
         rows = grain.experimental.WindowShuffleIterDataset(
             rows, window_size=row_shuffle_window, seed=seed)
     return process_batches(rows, batch_size, process_index, process_count, complete=complete)
-
-
-def process_batches(rows: grain.IterDataset, batch_size: int, process_index: int,
-                    process_count: int, *, complete: bool = False) -> grain.IterDataset:
-    """Global batches of `batch_size * process_count` rows -> this process's block of each.
-
-    `complete` (evaluation) keeps the last, partial global batch, filled up with rows that
-    weigh nothing, so that every row of the split is scored whatever the batch size and the
-    number of processes; otherwise the remainder is dropped (training repeats the data)."""
-    global_batch = batch_size * process_count
-    batches = rows.batch(global_batch, drop_remainder=not complete)
-    if complete:
-        batches = batches.map(functools.partial(_fill_batch, size=global_batch))
-    if process_count == 1:
-        return batches
-    block = slice(process_index * batch_size, (process_index + 1) * batch_size)
-    return batches.map(lambda batch: {k: v[block] for k, v in batch.items()})
-
-
-def _fill_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
-    """A batch of fewer than `size` rows, completed with zero rows: segment 0 and weight 0, so
-    nothing attends to them or learns from them."""
-    missing = size - len(batch["tokens"])
-    if not missing:
-        return batch
-    return {k: np.concatenate([v, np.zeros((missing, *v.shape[1:]), v.dtype)])
-            for k, v in batch.items()}
-
-
-def _lists_to_tuples(value):
-    if isinstance(value, dict):
-        return {k: _lists_to_tuples(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return tuple(_lists_to_tuples(v) for v in value)
-    return value
-
-
-def restore_iterator_state(iterator: grain.DatasetIterator, state: dict) -> None:
-    """Sets a state that went through JSON (in a checkpoint) on a fresh iterator.
-
-    JSON turns tuples into lists, and Grain's concat-then-split packer compares its remainder
-    slice with the tuple (-1, -1) to mean "empty": a list there silently replays wrong rows.
-    Grain states hold no lists of their own, so every list goes back to a tuple.
-    """
-    iterator.set_state(_lists_to_tuples(state))

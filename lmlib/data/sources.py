@@ -1,14 +1,11 @@
-"""Where documents come from: the embedded corpus, or your own files named by URLs.
+"""Your own data, named by URLs: which files they are, and the documents or records in them.
 
-The embedded corpus is the Python standard library's own source (code and docstrings) on this
-machine, found through `sysconfig`: every machine with Python has it, so the demo and the tests
-need no download. Files are split into train and eval by a hash of their path, so the split is
-the same on every run and every machine with the same Python.
-
-Your own files are URLs read through fsspec (local paths, gs://, s3://, http(s)://), with brace
-expansion and globs, decompressed by extension; readers turn JSONL, plain text, Parquet,
-Hugging Face `datasets` and TFDS datasets (array_record, read without TensorFlow) into documents
-and report a bad record as `file:line: reason`.
+URLs are read through fsspec (local paths, gs://, s3://, http(s)://), with brace expansion and
+globs, decompressed by extension. The data config's URL fields are parsed once into a Mixture
+(the train datasets with their weights, the validation URLs, the format) that the pipelines
+pass around. Readers turn JSONL, plain text, Parquet, Hugging Face `datasets` and TFDS datasets
+(array_record, read without TensorFlow) into documents and report a bad record as
+`file:line: reason`. The embedded corpus (the standard library's source) is lmlib.data.stdlib.
 """
 
 from __future__ import annotations
@@ -16,15 +13,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import io
 import itertools
 import json
-import os
 import re
-import sysconfig
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,54 +25,6 @@ import braceexpand
 import fsspec
 
 from lmlib.errors import ConfigError
-
-# Test suites are mostly fixtures and data, and site-packages is not the standard library.
-_SKIPPED_DIRS = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
-
-
-def stdlib_root() -> Path:
-    return Path(sysconfig.get_paths()["stdlib"])
-
-
-def stdlib_files(split: str, eval_percent: int = 2) -> list[Path]:
-    """The standard library's .py files of one split ("train" or "eval"), in a stable order."""
-    if split not in ("train", "eval"):
-        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-    root = stdlib_root()
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIPPED_DIRS)
-        for name in sorted(filenames):
-            if name.endswith(".py"):
-                path = Path(dirpath) / name
-                relative = path.relative_to(root).as_posix()
-                is_eval = zlib.crc32(relative.encode()) % 100 < eval_percent
-                if is_eval == (split == "eval"):
-                    files.append(path)
-    return files
-
-
-def read_text(path: Path) -> str:
-    # A few stdlib files carry latin-1 test strings; replacing those bytes loses nothing we train on.
-    return path.read_bytes().decode("utf-8", errors="replace")
-
-
-def fingerprint_files(paths: list[Path]) -> str:
-    """Changes when any file is added, removed, resized or touched."""
-    digest = hashlib.sha256()
-    for path in paths:
-        stat = path.stat()
-        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
-
-
-def read_stdlib_file(path: str, split: str, skipped: SkipCounter) -> Iterator[str]:
-    """Reader for the embedded corpus: each source file is one document."""
-    yield read_text(Path(path))
-
-
-# ---------------------------------------------------------------------------------------------
-# Your own data: URLs read through fsspec.
 
 _WEIGHT_SUFFIX = re.compile(r"^(?P<url>.+):(?P<weight>\d+(?:\.\d*)?|\.\d+)$")
 _GLOB_CHARS = set("*?[")
@@ -154,6 +99,54 @@ def expand_url(url: str, format: str = "auto") -> list[str]:
     if not files:
         raise ConfigError(f"no file matches {url!r}")
     return list(dict.fromkeys(files))
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One dataset of a mixture: the URL patterns read together as one, and its weight."""
+
+    urls: tuple[str, ...]
+    weight: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Mixture:
+    """A data config's URLs, parsed once: the train datasets with their weights, the
+    validation URLs (none: part of the train data is held out) and the format that reads them.
+    The pipelines take this value rather than parsing the config's strings again."""
+
+    train: tuple[Source, ...] = ()
+    validation: tuple[str, ...] = ()
+    format: str = "auto"
+
+    @classmethod
+    def parse(cls, train_urls: str, validation_urls: str = "", format: str = "auto"
+              ) -> Mixture:
+        """`train_urls` as a mixture (parse_mixture: every entry weighted, or none)."""
+        train = tuple(Source(tuple(urls), weight) for urls, weight in parse_mixture(train_urls))
+        return cls(train, tuple(split_top_level(validation_urls)), format)
+
+    @classmethod
+    def unweighted(cls, train_urls: str, validation_urls: str = "", format: str = "auto"
+                   ) -> Mixture:
+        """`train_urls` as one dataset whose entries are all URLs (no weights to parse)."""
+        urls = tuple(split_top_level(train_urls))
+        return cls((Source(urls),) if urls else (), tuple(split_top_level(validation_urls)),
+                   format)
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        """One per train dataset; (1.0,) where there is none (the embedded corpus)."""
+        return tuple(source.weight for source in self.train) or (1.0,)
+
+    @property
+    def train_urls(self) -> tuple[str, ...]:
+        """The URLs of every train dataset, in order."""
+        return tuple(url for source in self.train for url in source.urls)
+
+    def files(self, urls: Iterable[str]) -> list[str]:
+        """The files that `urls` name (expand_url in this format), each once, in order."""
+        return list(dict.fromkeys(f for url in urls for f in expand_url(url, self.format)))
 
 
 def detect_format(url: str) -> str:

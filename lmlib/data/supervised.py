@@ -6,17 +6,17 @@
       -> tokens [BOS] prompt response [EOS], loss mask 1 on the response and EOS
       -> truncated from the response end to seq_len + 1 tokens (counted and reported)
       -> Grain: shuffle -> rows, "packed" (several examples per row,
-         first fit, never split) or "padded" (one per row) -> the pretraining pipeline's model
-         inputs, whose loss weights are the targets' loss mask -> global batches -> this
-         process's block of each
+         first fit, never split) or "padded" (one per row) -> the model inputs pretraining also
+         uses (lmlib.data.rows), whose loss weights are the targets' loss mask -> global
+         batches -> this process's block of each
 Examples are tokenized in memory when the run starts: SFT sets are small (Alpaca: 52k examples,
 a few seconds).
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
+import functools
 import hashlib
 import importlib
 import json
@@ -27,9 +27,9 @@ import grain
 import numpy as np
 
 from lmlib.data import prepare as prepare_lib
-from lmlib.data import sources
-from lmlib.data.pretrain import PretrainData, TokenizerConfig, model_inputs, process_batches, \
-    stdlib_tokenizer
+from lmlib.data import sources, stdlib
+from lmlib.data.pretrain import PretrainData, TokenizerConfig, stdlib_tokenizer
+from lmlib.data.rows import model_inputs, process_batches, read_order
 from lmlib.data.tokenizer import Tokenizer, load_tokenizer
 from lmlib.errors import ConfigError, check_choices
 
@@ -119,6 +119,11 @@ class SupervisedData:
     tokenizer: TokenizerConfig = TokenizerConfig()  # path: a tokenizer.model or tokenizer.json
     cache_dir: str = ""  # the demo's trained tokenizer; "" = $LMLIB_CACHE or ~/.cache/lmlib
 
+    @functools.cached_property
+    def mixture(self) -> sources.Mixture:
+        """train_urls (one dataset: no weights) and validation_urls, parsed once and kept."""
+        return sources.Mixture.unweighted(self.train_urls, self.validation_urls, self.format)
+
     def validate(self) -> None:
         choices = {"source": ("urls", "stdlib"), "format": ("auto", "jsonl", "parquet", "hf", "tfds"),
                    "layout": ("packed", "padded"), "on_error": ("stop", "skip")}
@@ -134,36 +139,19 @@ class SupervisedData:
 # ----------------------------------------------------------------------------- examples
 
 
-def stdlib_docstring_records(split: str) -> Iterator[tuple[str, int, dict]]:
-    """The demo's instructions from the embedded corpus: write the docstring of a standard-library
-    function, given its signature. (file, line, Alpaca-style record) per documented function."""
-    for path in sources.stdlib_files(split):
-        try:
-            tree = ast.parse(sources.read_text(path))
-        except SyntaxError:  # a few stdlib files are deliberately invalid (lib2to3 fixtures)
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                docstring = ast.get_docstring(node)
-                if docstring and not node.name.startswith("_"):
-                    signature = f"def {node.name}({ast.unparse(node.args)}):"
-                    yield str(path), node.lineno, {
-                        "instruction": "Write the docstring of this Python function.",
-                        "input": signature, "output": docstring}
-
-
 def _records(config: SupervisedData, split: str) -> Iterator[tuple[str, int, dict | None, str | None]]:
     """(file, line, record, reason) of one split's inputs; no validation_urls: the train inputs."""
     if config.source == "stdlib":
-        yield from ((f, line, r, None) for f, line, r in stdlib_docstring_records(split))
+        yield from ((f, line, r, None) for f, line, r in stdlib.stdlib_docstring_records(split))
         return
+    mixture = config.mixture
     if split == "eval" and config.validation_urls:
-        urls = config.validation_urls
+        urls = mixture.validation
     else:  # held out of the train inputs (their train split, for a `datasets` input)
-        urls, split = config.train_urls, "train"
+        urls, split = mixture.train_urls, "train"
     options = sources.ReadOptions(format=config.format, on_error=config.on_error)
-    for url in sources.split_top_level(urls):
-        for file in sources.expand_url(url, config.format):
+    for url in urls:
+        for file in sources.expand_url(url, mixture.format):
             for line, record, reason in sources.read_records(file, split, options):
                 yield file, line, record, reason
 
@@ -292,11 +280,11 @@ class SupervisedExamples:
 def inputs_fingerprint(config: SupervisedData) -> str:
     """Changes when an input file is added, removed, resized or touched, or read otherwise."""
     if config.source == "stdlib":
-        files = [str(p) for split in ("train", "eval") for p in sources.stdlib_files(split)]
+        files = [str(p) for split in ("train", "eval") for p in stdlib.stdlib_files(split)]
     else:
-        files = [f for url in sources.split_top_level(f"{config.train_urls},"
-                                                      f"{config.validation_urls}")
-                 for f in sources.expand_url(url, config.format)]
+        mixture = config.mixture
+        files = [f for url in (*mixture.train_urls, *mixture.validation)
+                 for f in sources.expand_url(url, mixture.format)]
     described = json.dumps([{f: sources.file_stamp(f) for f in files}, config.source,
                             config.format, config.preprocess, config.validation_fraction],
                            sort_keys=True)
@@ -336,11 +324,8 @@ def example_rows(examples: Sequence[dict[str, np.ndarray]], *, seq_len: int, bat
     several ("packed", first fit) or one ("padded"), padding with segment 0, which nothing
     attends to or learns. As in pretraining, every process builds the same global batches and
     keeps its block, so a run is the same on any number of processes."""
-    dataset = grain.MapDataset.source(list(examples))
-    if shuffle:
-        dataset = dataset.shuffle(seed=seed)
-    if repeat:
-        dataset = dataset.repeat()
+    dataset = read_order(grain.MapDataset.source(list(examples)), seed=seed, shuffle=shuffle,
+                         repeat=repeat)
     length = {"tokens": seq_len + 1, "loss_mask": seq_len + 1}
     global_batch = batch_size * process_count
     # More bins than rows per batch: an example that fits no open bin closes them all.

@@ -22,7 +22,7 @@ import zstandard
 from array_record.python.array_record_data_source import ArrayRecordDataSource
 
 from conftest import GCS_BUCKET, REPO, run_cli, train_losses
-from lmlib.data import sources
+from lmlib.data import stdlib
 from lmlib.data.tokenizer import train_sentencepiece
 
 # The demo's model, two steps, on your files (a tokenizer trained on them, below).
@@ -35,7 +35,7 @@ OWN_RUN = ["--exp=JsonlLlamaTiny", "--set=trainer.log_every=1", "--set=trainer.e
 @pytest.fixture(scope="module")
 def corpus() -> list[str]:
     """60 documents of a few hundred characters, one of them not ASCII."""
-    text = "".join(sources.read_text(p) for p in sources.stdlib_files("eval")[:3])
+    text = "".join(stdlib.read_text(p) for p in stdlib.stdlib_files("eval")[:3])
     documents = [text[i:i + 400] for i in range(0, 60 * 400, 400)]
     documents[7] = "Grüße, café — naïve 日本語 text.\n" + documents[7]
     return documents

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmlib.data.pretrain import model_inputs
+from lmlib.data.rows import model_inputs
 
 
 def test_model_inputs_restart_positions_and_mask_the_cross_document_target():
@@ -30,8 +30,8 @@ def test_iterator_state_through_json_replays_the_same_batches():
     """A checkpoint stores the iterator state as JSON; restoring it must replay exactly."""
     import json
 
-    from lmlib.data.pretrain import PretrainData, packed_dataset, prepare_data, \
-        restore_iterator_state
+    from lmlib.data.pretrain import PretrainData, packed_dataset, prepare_data
+    from lmlib.data.rows import restore_iterator_state
 
     data = prepare_data(PretrainData())
     dataset = packed_dataset(data.shards("train"), seq_len=64, batch_size=4, seed=0,

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from conftest import read_metrics, run_cli, train_losses
-from lmlib.data import sources, supervised
+from lmlib.data import sources, stdlib, supervised
 from lmlib.data.supervised import SupervisedData, example_rows, tokenize_example, truncate
 from lmlib.data.tokenizer import load_tokenizer
 from lmlib.errors import ConfigError
@@ -50,7 +50,7 @@ def tokenizer():
 def examples(tokenizer):
     """Tokenized signature -> docstring examples of varied lengths, each at most 64 tokens."""
     counts = supervised.Counts()
-    records = [r for _, _, r in supervised.stdlib_docstring_records("eval")][:40]
+    records = [r for _, _, r in stdlib.stdlib_docstring_records("eval")][:40]
     tokenized = (tokenize_example(tokenizer, {"prompt": r["input"], "response": r["output"]})
                  for r in records)
     return [e for e in (truncate(e, 64, counts) for e in tokenized) if e is not None]
@@ -214,7 +214,7 @@ SFT_RUN = ["--set=trainer.log_every=5", "--set=trainer.eval_every=10",
 
 def test_tiny_alpaca_through_the_cli_trains_and_its_response_eval_loss_falls(tmp_path):
     records = [r for split in ("train", "eval") for _, _, r in
-               supervised.stdlib_docstring_records(split)][:1500]
+               stdlib.stdlib_docstring_records(split)][:1500]
     data = tmp_path / "alpaca_data.jsonl"
     write_jsonl(data, [json.dumps(r) for r in records])
     out = run_cli("--exp=JsonlAlpacaTiny", *SFT_RUN, f"--set=data.train_urls={data}",

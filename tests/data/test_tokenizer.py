@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from conftest import REPO, byte_level_bpe
-from lmlib.data import sources
+from lmlib.data import stdlib
 from lmlib.data.tokenizer import HFTokenizer, SentencePieceTokenizer
 
 
@@ -13,7 +13,7 @@ def test_trained_tokenizer_loads_in_transformers_and_encodes_identically(tmp_pat
     from transformers import AutoTokenizer
 
     corpus = tmp_path / "corpus.txt"
-    texts = [sources.read_text(p) for p in sources.stdlib_files("eval")[:8]]
+    texts = [stdlib.read_text(p) for p in stdlib.stdlib_files("eval")[:8]]
     corpus.write_text("\n\n".join(texts))
     out = tmp_path / "tok"
     subprocess.run([sys.executable, "tools/train_tokenizer.py", "--exp=JsonlLlamaTiny",
