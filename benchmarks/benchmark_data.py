@@ -26,13 +26,13 @@ from pathlib import Path
 
 from lmlib import xla_flags
 from lmlib.data import prepare as prepare_lib
-from lmlib.data import sources
+from lmlib.data import sources, stdlib
 from lmlib.data.pretrain import PretrainData, prepare_data, stdlib_tokenizer
 
 
 def write_jsonl_corpus(directory: Path, num_files: int, copies: int = 1) -> list[str]:
     """The embedded corpus's train documents, `copies` times over, as `num_files` JSONL files."""
-    documents = [sources.read_text(p) for p in sources.stdlib_files("train")] * copies
+    documents = [stdlib.read_text(p) for p in stdlib.stdlib_files("train")] * copies
     paths = [directory / f"stdlib.{i:03d}.jsonl" for i in range(num_files)]
     for i, path in enumerate(paths):
         path.write_text("".join(json.dumps({"text": d}) + "\n" for d in documents[i::num_files]))
