@@ -33,7 +33,7 @@ import numpy as np
 from benchmarks.presets import PRESETS
 from lmlib import xla_flags
 from lmlib.models import LlamaConfig
-from lmlib.train.loop import TrainerConfig
+from lmlib.config import TrainerConfig
 
 
 def peak_host_gib() -> float:

@@ -17,15 +17,16 @@ import jax
 import numpy as np
 
 from lmlib.experiment import resolve
-from lmlib.train.loop import Trainer
+from lmlib.train.params import initial_state
+from lmlib.train.run import Run
 
 
 def measure(exp: str, layout: str, steps: int, overrides: list[str]) -> dict:
     config = resolve(exp, [*overrides, f"data.layout={layout}"])
-    trainer = Trainer(config)
-    train_step = trainer.compile()
-    batches = trainer.train_iterator()
-    state = trainer.initial_state(None, None, batches)
+    run = Run(config)
+    train_step = run.compile()
+    batches = run.train_iterator()
+    state = initial_state(run, None, None, batches)
     seconds, rows, examples, real, response = [], 0, 0, 0, 0
     for step in range(steps + 2):  # the first two steps warm up
         batch = next(batches)
@@ -34,7 +35,7 @@ def measure(exp: str, layout: str, steps: int, overrides: list[str]) -> dict:
         real += int((batch["segment_ids"] != 0).sum())
         response += int(batch["weights"].sum())
         start = time.perf_counter()
-        state, metrics = train_step(state, trainer.global_batch(batch))
+        state, metrics = train_step(state, run.global_batch(batch))
         jax.block_until_ready(metrics)
         if step >= 2:
             seconds.append(time.perf_counter() - start)
@@ -43,7 +44,7 @@ def measure(exp: str, layout: str, steps: int, overrides: list[str]) -> dict:
     result = {"layout": layout, "examples_per_row": examples / rows,
               "non_padding": real / tokens, "response": response / tokens,
               "step_seconds": step_seconds,
-              "tokens_per_sec": trainer.tokens_per_step / step_seconds}
+              "tokens_per_sec": run.tokens_per_step / step_seconds}
     result["non_padding_tokens_per_sec"] = result["tokens_per_sec"] * result["non_padding"]
     result["response_tokens_per_sec"] = result["tokens_per_sec"] * result["response"]
     print(f"{layout:>6}: {result['examples_per_row']:.2f} examples/row | non-padding "

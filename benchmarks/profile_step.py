@@ -26,7 +26,7 @@ from lmlib.mesh import MeshConfig, make_mesh
 from lmlib.models import layers
 from lmlib.models.attention import dot_product_attention, training_mask
 from lmlib.models.ops import normal
-from lmlib.train.loop import TrainerConfig
+from lmlib.config import TrainerConfig
 from lmlib.train.optimizer import AdamW
 from lmlib.train.state import init_state, state_layout
 from lmlib.train.step import StepConfig, loss_sums, make_train_step, random_batch

@@ -1,7 +1,7 @@
 """Continued pretraining from a Hugging Face checkpoint (Levanter's initialize_from_hf)."""
 
 from lmlib.experiment import Experiment, register
-from lmlib.train.loop import TrainerConfig
+from lmlib.config import TrainerConfig
 from lmlib.train.optimizer import AdamW
 
 

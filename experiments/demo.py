@@ -2,7 +2,7 @@
 
 from lmlib.experiment import Experiment, register
 from lmlib.models.llama import LlamaConfig
-from lmlib.train.loop import TrainerConfig
+from lmlib.config import TrainerConfig
 from lmlib.train.optimizer import AdamW
 
 

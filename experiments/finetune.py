@@ -11,7 +11,7 @@ from lmlib.data.supervised import SupervisedData
 from lmlib.experiment import Experiment, HFCheckpoint, register
 from lmlib.mesh import MeshConfig
 from lmlib.models.llama import LlamaConfig
-from lmlib.train.loop import TrainerConfig
+from lmlib.config import TrainerConfig
 from lmlib.train.optimizer import AdamW
 
 # Stanford Alpaca's train.py: 52,002 examples, 3 epochs of 128 examples, lr 2e-5, cosine to 0

@@ -2,7 +2,7 @@
 
 from lmlib.experiment import Experiment, register
 from lmlib.models.gpt2 import Gpt2Config
-from lmlib.train.loop import TrainerConfig
+from lmlib.config import TrainerConfig
 from lmlib.train.optimizer import AdamW
 
 

@@ -5,7 +5,7 @@ import dataclasses
 from lmlib.experiment import Experiment, register
 from lmlib.mesh import MeshConfig
 from lmlib.models.llama import LlamaConfig
-from lmlib.train.loop import TrainerConfig
+from lmlib.config import TrainerConfig
 from lmlib.train.optimizer import AdamW
 
 

@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import difflib
 import importlib
+import importlib.metadata
 import pkgutil
 import types
 import typing
@@ -26,21 +27,11 @@ from typing import Any
 from lmlib import hf
 from lmlib.data.pretrain import PretrainData
 from lmlib.data.supervised import SupervisedData, sft_tokenizer
+from lmlib.config import ExperimentConfig, TrainerConfig
 from lmlib.errors import ConfigError
 from lmlib.models import ModelConfig
-from lmlib.train.loop import TrainerConfig
 from lmlib.train.optimizer import AdamW
 from lmlib.tree_util import flatten_dict
-
-
-@dataclasses.dataclass(frozen=True)
-class ExperimentConfig:
-    name: str
-    model: ModelConfig
-    data: PretrainData | SupervisedData
-    optimizer: AdamW
-    trainer: TrainerConfig
-    init_from: str = ""  # a Hugging Face directory or hub id whose weights the run starts from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +81,7 @@ class Experiment:
 
 
 _REGISTRY: dict[str, type[Experiment]] = {}
+ENTRY_POINT_GROUP = "lmlib.experiments"
 
 
 def register(cls: type[Experiment]) -> type[Experiment]:
@@ -100,10 +92,14 @@ def register(cls: type[Experiment]) -> type[Experiment]:
 
 
 def _load_experiment_modules() -> None:
-    import experiments
-
-    for module in pkgutil.iter_modules(experiments.__path__):
-        importlib.import_module(f"experiments.{module.name}")
+    """Imports each package registered under the `lmlib.experiments` entry point, with its
+    modules: lmlib's own `experiments/` and any installed package's (pyproject.toml:
+    `[project.entry-points."lmlib.experiments"] mine = "my_experiments"`). The library never
+    imports an application package by name."""
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        package = entry.load()
+        for module in pkgutil.iter_modules(getattr(package, "__path__", [])):
+            importlib.import_module(f"{package.__name__}.{module.name}")
 
 
 def registry() -> dict[str, type[Experiment]]:

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import time
 from pathlib import Path
 
 import jax
 from etils import epath
-from jax.experimental import multihost_utils
 
-from lmlib import experiment, hf, multiple_choice
-from lmlib.errors import ConfigError, one_line
-from lmlib.experiment import ExperimentConfig
-from lmlib.generate import Sampler, SamplingConfig
+from lmlib import experiment
+from lmlib.config import ExperimentConfig
+from lmlib.errors import ConfigError
+from lmlib.hooks.eval_loss import EvalLoss
+from lmlib.hooks.multiple_choice import MultipleChoice
 from lmlib.models import num_params
 from lmlib.train import checkpoint as ckpt
-from lmlib.train.loop import Trainer, eval_checkpoint
+from lmlib.train.loop import Trainer
 from lmlib.train.metrics import StagedDirectory, TensorBoardWriter
+from lmlib.train.params import eval_checkpoint, eval_params
+from lmlib.train.run import Run
 
 
 def list_experiments() -> str:
@@ -65,97 +66,12 @@ def _save_config(config: ExperimentConfig, workdir: str | None) -> None:
             json.dumps(dataclasses.asdict(config), indent=1, default=str))
 
 
-def hf_export_hook(trainer: Trainer, root: epath.Path):
-    """A hook that writes the current parameters as a Hugging Face directory per step."""
-    export = trainer.config.trainer.hf_export
-    tokenizer = trainer.data.tokenizer
-
-    def write(step: int, state) -> None:
-        # Every process takes part in gathering the sharded parameters (one tensor at a time,
-        # so a device holds at most one whole tensor more); process 0 alone writes them.
-        params = jax.tree.map(lambda x: multihost_utils.process_allgather(x, tiled=True),
-                              state.params)
-        if jax.process_index() != 0:
-            return
-        out = StagedDirectory(root / f"step_{step:06d}")  # hf writes local files only
-        try:  # a failed export is reported; it never stops a run whose checkpoints are fine
-            hf.save_hf(out.local, trainer.config.model, params,
-                       dtype=export.dtype, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
-            hf.save_tokenizer(out.local, tokenizer)
-        except OSError as e:
-            print(f"could not export step {step} to {out.remote} ({one_line(e)}); the next "
-                  "export tries again", flush=True)
-            return
-        if out.close():
-            print(f"exported a Hugging Face model to {out.remote}", flush=True)
-
-    return write
-
-
-def samples_hook(trainer: Trainer):
-    """A hook that samples the configured prompts from the current parameters."""
-    samples = trainer.config.trainer.samples
-    tokenizer = trainer.data.tokenizer
-    sampling = SamplingConfig(max_new_tokens=samples.max_new_tokens,
-                              temperature=samples.temperature, eos_id=tokenizer.eos_id)
-    prompts = samples.prompt_list
-    encoded = [tokenizer.with_bos(tokenizer.encode(p)) for p in prompts]
-    sampler = Sampler(trainer.config.model, params=None)
-
-    def sample(step: int, state) -> None:
-        sampler.params = state.params
-        with jax.set_mesh(trainer.mesh):  # sample on the training mesh, params where they are
-            completions = sampler.generate(encoded, sampling)
-        trainer.logger.samples(step, [{"prompt": p, "completion": tokenizer.decode(c)}
-                                      for p, c in zip(prompts, completions)])
-
-    return sample
-
-
-def read_tasks(config: ExperimentConfig) -> dict[str, list[multiple_choice.Question]]:
-    """The multiple-choice tasks by name, read (and so checked) before anything compiles."""
-    tasks = {}
-    for path in config.trainer.multiple_choice.task_list:
-        if not Path(path).is_file():
-            raise ConfigError(f"trainer.multiple_choice.tasks: no such file: {path}")
-        tasks[Path(path).stem] = multiple_choice.read_task(path)
-    return tasks
-
-
-def multiple_choice_metrics(trainer: Trainer, tasks: dict[str, list], params
-                            ) -> dict[str, float]:
-    """lm-eval-style accuracy on each task: {"mc/<task>/acc": ..., ...}."""
-    loglik = multiple_choice.make_loglik_fn(trainer.layout.graphdef, params)
-    metrics = {}
-    for name, questions in tasks.items():
-        result = multiple_choice.evaluate_task(questions, trainer.data.tokenizer, loglik)
-        metrics.update({f"mc/{name}/{k}": v for k, v in result.items()})
-    return metrics
-
-
 def train(config: ExperimentConfig, workdir: str | None) -> None:
-    config = experiment.with_tokenizer(config)
-    tasks = read_tasks(config)
-    export = config.trainer.hf_export
-    if export.every_steps:
-        if importlib.util.find_spec("transformers") is None:
-            raise ConfigError("trainer.hf_export writes tokenizer files with transformers: "
-                              "pip install 'lmlib[hf]'")
-        if not (export.path or workdir):
-            raise ConfigError("trainer.hf_export needs trainer.hf_export.path or --workdir")
-    trainer = Trainer(config, workdir)
-    _save_config(config, workdir)
-    if export.every_steps:
-        root = epath.Path(export.path or epath.Path(workdir) / "hf")
-        trainer.add_hook(hf_export_hook(trainer, root), export.every_steps)
-    if config.trainer.multiple_choice.every_steps:
-        trainer.add_hook(lambda step, state: multiple_choice_metrics(trainer, tasks, state.params),
-                         config.trainer.multiple_choice.every_steps)
-    if config.trainer.samples.every_steps:
-        trainer.add_hook(samples_hook(trainer), config.trainer.samples.every_steps)
+    run = Run(experiment.with_tokenizer(config), workdir)
+    _save_config(run.config, workdir)
     print(f"{config.name}: {num_params(config.model):,} parameters on "
           f"{jax.device_count()} {jax.devices()[0].platform} device(s)", flush=True)
-    trainer.train()
+    Trainer(run).train()
 
 
 def trained_model(config: ExperimentConfig, workdir: str | None) -> ExperimentConfig:
@@ -181,11 +97,10 @@ def trained_model(config: ExperimentConfig, workdir: str | None) -> ExperimentCo
 def evaluate(config: ExperimentConfig, workdir: str | None) -> dict[str, float]:
     """Scores the run's parameters; the results go to WORKDIR/eval/step_NNNNNN.json and their
     own TensorBoard run (WORKDIR/eval/tensorboard), never into the training run's records."""
-    config = experiment.with_tokenizer(trained_model(config, workdir))
-    tasks = read_tasks(config)
-    trainer = Trainer(config, workdir)
-    params, step = trainer.eval_params()
-    metrics = {**trainer.evaluate(params), **multiple_choice_metrics(trainer, tasks, params)}
+    run = Run(experiment.with_tokenizer(trained_model(config, workdir)), workdir)
+    choices = MultipleChoice(run)  # reads the task files before anything compiles
+    params, step = eval_params(run)
+    metrics = {**EvalLoss(run).evaluate(params), **choices.score(params)}
     print(f"eval loss {metrics['eval/loss']:.4f} | perplexity {metrics['eval/perplexity']:.2f} "
           f"| bits per byte {metrics['eval/bits_per_byte']:.4f} | "
           f"{metrics['eval/tokens']:,.0f} tokens", flush=True)
@@ -195,7 +110,8 @@ def evaluate(config: ExperimentConfig, workdir: str | None) -> dict[str, float]:
     if workdir and jax.process_index() == 0:
         out = StagedDirectory(epath.Path(workdir) / "eval")
         (out.local / f"step_{step:06d}.json").write_text(json.dumps(
-            {"step": step, "config": ckpt.config_json(config), "metrics": metrics}, indent=1))
+            {"step": step, "config": ckpt.config_json(run.config), "metrics": metrics},
+            indent=1))
         writer = TensorBoardWriter(out.local / "tensorboard")
         writer.scalars(step, metrics)
         writer.close()
@@ -207,9 +123,9 @@ def evaluate(config: ExperimentConfig, workdir: str | None) -> dict[str, float]:
 def dry_run(config: ExperimentConfig) -> None:
     """Compiles one step from shapes alone (no data read, no weights loaded); reports memory
     per device."""
-    trainer = Trainer(experiment.with_tokenizer(config, download=False))
+    run = Run(experiment.with_tokenizer(config, download=False))
     start = time.monotonic()
-    compiled = trainer.compile()
+    compiled = run.compile()
     seconds = time.monotonic() - start
     memory = compiled.memory_analysis()
     gib = 2 ** 30

@@ -10,7 +10,8 @@ from array_record.python.array_record_data_source import ArrayRecordDataSource
 import lmlib
 from lmlib import experiment, hf
 from lmlib.data.pretrain import PretrainData, prepare_data
-from lmlib.train.loop import Trainer
+from lmlib.train.params import load_hf_params
+from lmlib.train.run import Run
 from conftest import byte_level_bpe, run_cli, train_losses
 
 
@@ -55,7 +56,7 @@ def test_continued_pretraining_starts_at_transformers_loss_and_exports(hf_dir, t
     # The first batch, rebuilt from the same resolved config.
     config = experiment.with_tokenizer(experiment.resolve("ContinuePretraining", overrides))
     assert config.model.hidden_dim == 64 and config.data.tokenizer.path.endswith("tokenizer.model")
-    trainer = Trainer(config)
+    trainer = Run(config)
     batch = next(trainer.train_iterator())
     model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     assert train_losses(tmp_path)[1] == pytest.approx(hf_loss(model, batch), abs=1e-4)
@@ -70,14 +71,14 @@ def test_continued_pretraining_starts_at_transformers_loss_and_exports(hf_dir, t
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=1e-4)
     tokenizer = transformers.AutoTokenizer.from_pretrained(exported)
     text = "def f(x):\n    return x\n"
-    assert tokenizer.encode(text, add_special_tokens=False) == \
-        trainer.data.tokenizer.encode(text)
+    assert (tokenizer.encode(text, add_special_tokens=False)
+            == trainer.data.tokenizer.encode(text))
 
 
 def test_a_larger_vocabulary_grows_the_embedding_with_the_mean_row(hf_dir):
     config = experiment.resolve("ContinuePretraining", [f"init_from={hf_dir}",
                                                         "model.vocab_size=4098"])
-    params = Trainer(config).load_hf_params(str(hf_dir))
+    params = load_hf_params(Run(config), str(hf_dir))
     _, original = hf.load_hf(hf_dir)
     for name, axis in (("embed", 0), ("head", 1)):
         grown = np.asarray(params["embed"]["table"] if name == "embed" else params["head"])
@@ -109,7 +110,7 @@ def test_a_checkpoint_with_only_a_tokenizer_json_trains_and_exports_it(tmp_path)
 
     resolved = experiment.with_tokenizer(experiment.resolve("ContinuePretraining", overrides))
     assert resolved.data.tokenizer.path == str(tokenizer_json)
-    trainer = Trainer(resolved)
+    trainer = Run(resolved)
     batch = next(trainer.train_iterator())
     shard = ArrayRecordDataSource(trainer.data.shards("train")[:1])
     document = np.frombuffer(shard[0], np.int32)
@@ -133,11 +134,11 @@ def hf_dir_without_pad(tmp_path_factory):
 
     import sentencepiece as spm
 
-    from lmlib.data import sources
+    from lmlib.data import stdlib
 
     directory = tmp_path_factory.mktemp("hf_llama_no_pad")
-    lines = [line for path in sources.stdlib_files("train")[:40]
-             for line in sources.read_text(path).splitlines() if line.strip()]
+    lines = [line for path in stdlib.stdlib_files("train")[:40]
+             for line in stdlib.read_text(path).splitlines() if line.strip()]
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(lines), model_writer=model, vocab_size=512, model_type="bpe",
@@ -171,7 +172,7 @@ def test_alpaca_style_sft_from_hf_adds_a_pad_row_and_starts_at_transformers_loss
 
     # transformers, with the row added the same way, gives the first step's loss on its batch.
     config = experiment.with_tokenizer(experiment.resolve("FinetuneHF", overrides))
-    trainer = Trainer(config)
+    trainer = Run(config)
     batch = next(trainer.train_iterator())
     assert 0 < batch["weights"].sum() < (batch["segment_ids"] > 0).sum()  # responses only
     model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir_without_pad,

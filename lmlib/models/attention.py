@@ -86,7 +86,7 @@ def training_mask(segment_ids_bt: jax.Array, implementation: str) -> Mask:
         implementation = "cudnn" if gpu and cudnn_packed_attention() else "xla"
         if gpu and implementation == "xla":
             _warn_once(f"jax {jax.__version__} has no cuDNN packed attention in the form lmlib "
-                       "calls (see layers.cudnn_packed_attention): training uses XLA's "
+                       "calls (see attention.cudnn_packed_attention): training uses XLA's "
                        "attention, slower and larger on long sequences")
     if implementation == "xla":
         return CausalMask(attention_mask(segment_ids_bt))
@@ -181,7 +181,7 @@ def _cpu_bf16_attention_blocks(q_btnh, k_bskh, v_bskh, mask_b1ts, blocks: int):
 # The same attention for bfloat16 on a CPU, written for XLA:CPU's fast dots (bf16 x bf16 -> f32,
 # see `ops.einsum`) with heads folded into the batch (X = B * N), forward and backward: on the demo,
 # forward 7.6 -> 4.7 ms and forward+backward 40 -> 36 ms a layer against
-# jax.nn.dot_product_attention's (tools/profile_step.py). Softmax in float32.
+# jax.nn.dot_product_attention's (benchmarks/profile_step.py). Softmax in float32.
 
 def _heads_to_batch(x_btnh: jax.Array, groups: int = 1) -> jax.Array:
     """(B, T, K, H) -> (B * K * groups, T, H), each head repeated `groups` times (GQA)."""

@@ -197,7 +197,7 @@ class ScannedBlocks(nnx.Module):
     Scanning compiles one layer instead of L, so compile time stays flat in depth. `unroll`
     compiles the L layers one after another instead (same parameters): on XLA:CPU the loop's
     stacking of each layer's saved activations (zeroed buffers, copies, converts) was half of
-    the demo's step, and unrolled its step takes 444 ms instead of 544 (tools/profile_step.py).
+    the demo's step, and unrolled its step takes 444 ms instead of 544 (benchmarks/profile_step.py).
     """
 
     def __init__(self, make_block: Callable[[nnx.Rngs], Block], num_layers: int, remat: str,

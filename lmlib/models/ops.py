@@ -36,7 +36,7 @@ def einsum(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
 
     On a CPU with bfloat16 inputs, the products come out in float32 and are rounded once: XLA:CPU
     runs bf16 x bf16 -> f32 dots 2.7x faster than bf16 -> bf16 ones (860 against 320 GFLOP/s
-    on the demo's MLP shapes, tools/profile_step.py), and the backward pass is written to do the
+    on the demo's MLP shapes, benchmarks/profile_step.py), and the backward pass is written to do the
     same (autodiff would make its dots f32 x f32). Elsewhere, and in float32, plain einsum.
     """
     if x.dtype != jnp.bfloat16 or jax.default_backend() != "cpu":

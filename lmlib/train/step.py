@@ -79,9 +79,9 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
         params = optax.apply_updates(state.params, updates)
         metrics = {
             "loss": loss_sum * scale,
-            "grad_norm": optax.global_norm(grads),
-            "param_norm": optax.global_norm(params),
-            "update_norm": optax.global_norm(updates),
+            "grad_norm": optax.tree.norm(grads),
+            "param_norm": optax.tree.norm(params),
+            "update_norm": optax.tree.norm(updates),
             "learning_rate": schedule(state.step),
             "tokens": weight_sum,
         }
