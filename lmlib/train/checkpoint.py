@@ -131,8 +131,7 @@ class Checkpointer:
     def __init__(self, directory: str | os.PathLike, config: CheckpointConfig):
         self.directory = absolute(directory)
         self.config = config
-        self._orbax_errors = _OrbaxErrors()
-        logging.getLogger("absl").addFilter(self._orbax_errors)
+        self._orbax_errors = ORBAX_ERRORS
         self.manager = self._open()
         self.last_good = self.manager.latest_step()
         self.pending: int | None = None  # the step of a save not yet confirmed
@@ -271,19 +270,25 @@ class Checkpointer:
             print(f"checkpoint: {e}", flush=True)
         with contextlib.suppress(Exception):
             self.manager.close()
-        logging.getLogger("absl").removeFilter(self._orbax_errors)
 
 
 class _OrbaxErrors(logging.Filter, list):
-    """While attached, keeps the errors Orbax logs with a traceback (a save failing in its
-    background thread), as one line each, off the console: lmlib reports each failure in one
-    line of its own."""
+    """Keeps the errors Orbax logs with a traceback (a save failing in its background thread,
+    and the asyncio tasks of that save whose exceptions nobody retrieves, logged when they are
+    collected, even at exit) as one line each, off the console: lmlib reports each failed save in
+    one line of its own. Installed on the loggers they come through, for the process."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.exc_info[1] and "orbax" in record.pathname:
-            self.append(one_line(record.exc_info[1]))
+        error = record.exc_info[1] if record.exc_info else None
+        if error and ("orbax" in record.pathname or "orbax" in record.getMessage()):
+            self.append(one_line(error))
             return False
         return True
+
+
+ORBAX_ERRORS = _OrbaxErrors()
+for _logger in ("absl", "asyncio"):
+    logging.getLogger(_logger).addFilter(ORBAX_ERRORS)
 
 
 def process_data_state(meta: dict) -> dict:

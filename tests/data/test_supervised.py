@@ -113,8 +113,8 @@ def test_packed_and_padded_rows_give_the_same_per_example_losses(model, examples
     # Packing holds the same examples in fewer rows.
     assert sum(len(b["tokens"]) for b in packed) < sum(len(b["tokens"]) for b in padded)
     assert all((np.asarray(b["segment_ids"]).max(axis=1) <= 1).all() for b in padded)
-    packed_losses, padded_losses = per_example_losses(model, packed), \
-        per_example_losses(model, padded)
+    packed_losses = per_example_losses(model, packed)
+    padded_losses = per_example_losses(model, padded)
     common = set(packed_losses) & set(padded_losses)  # drop_remainder differs between layouts
     assert len(common) >= 20
     for key in common:

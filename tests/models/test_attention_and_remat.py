@@ -20,16 +20,16 @@ def reference_attention(q, k, v, segment_ids):
     k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
     scores = jnp.einsum("BTNH,BSNH->BNTS", q, k) / np.sqrt(q.shape[-1])
     length = q.shape[1]
-    mask = jnp.tril(jnp.ones((length, length), bool))[None, None] & \
-        (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
+    mask = (jnp.tril(jnp.ones((length, length), bool))[None, None]
+            & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :]))
     probs = jax.nn.softmax(jnp.where(mask, scores, -jnp.inf), axis=-1)
     return jnp.einsum("BNTS,BSNH->BTNH", probs, v)
 
 
 GPU = jax.default_backend() == "gpu"
 # (implementation, dtype, tolerance); cuDNN takes bfloat16 only.
-CASES = [("xla", jnp.float32, 1e-5), ("xla", jnp.bfloat16, 2e-2)] + \
-    [("cudnn", jnp.bfloat16, 2e-2)] * GPU
+CASES = ([("xla", jnp.float32, 1e-5), ("xla", jnp.bfloat16, 2e-2)]
+         + [("cudnn", jnp.bfloat16, 2e-2)] * GPU)
 # Rows of 2, 1 and 33 documents (the last more than cuDNN's packed layout takes).
 SEGMENT_IDS = np.array([[1] * 40 + [2] * 24, [7] * 64, np.arange(64) // 2 + (np.arange(64) > 40)])
 

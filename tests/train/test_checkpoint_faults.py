@@ -6,6 +6,7 @@ exit 1 naming the last good checkpoint, which is what the same command then resu
 run exits 0 only when its last checkpoint is committed; failing log copies never stop a run."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,11 +26,11 @@ def committed_steps(workdir: epath.Path) -> list[int]:
 
 
 def assert_no_traceback(output: str) -> None:
-    """No traceback of lmlib's. Tensorstore prints 'Event loop is closed' ones at exit after an
-    upload failed in Orbax's background thread (its futures complete after Orbax closed their
-    asyncio loop; several threads at once, interleaved): that noise is not ours, after the end."""
-    assert (output.count("Traceback (most recent call last)")
-            == output.count("RuntimeError: Event loop is closed")), output
+    """No traceback passes through lmlib's code. Tensorstore prints 'Event loop is closed' ones
+    at exit after an upload failed in Orbax's background thread (its futures complete after
+    Orbax closed their asyncio loop; from several threads at once, interleaved): that noise is
+    neither ours nor stoppable from here, and comes after the run's last line."""
+    assert not re.search(r'File "[^"]*/(lmlib|experiments)/', output), output
 
 
 def failure_lines(output: str) -> list[str]:
