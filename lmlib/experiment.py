@@ -96,10 +96,19 @@ def _load_experiment_modules() -> None:
     modules: lmlib's own `experiments/` and any installed package's (pyproject.toml:
     `[project.entry-points."lmlib.experiments"] mine = "my_experiments"`). The library never
     imports an application package by name."""
-    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        package = entry.load()
-        for module in pkgutil.iter_modules(getattr(package, "__path__", [])):
-            importlib.import_module(f"{package.__name__}.{module.name}")
+    entries = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    if not entries:
+        raise ConfigError(f"no package registers experiments (the {ENTRY_POINT_GROUP!r} entry "
+                          "point): install lmlib with `pip install -e .` (or `make demo`) from "
+                          "its checkout")
+    for entry in entries:
+        try:
+            package = entry.load()
+            for module in pkgutil.iter_modules(getattr(package, "__path__", [])):
+                importlib.import_module(f"{package.__name__}.{module.name}")
+        except ImportError as e:
+            raise ConfigError(f"the experiments of {entry.value!r} (entry point {entry.name!r}) "
+                              f"do not import: {e}") from None
 
 
 def registry() -> dict[str, type[Experiment]]:

@@ -48,7 +48,9 @@ def shortened(command: str) -> str:
     # SHORT goes at the end of each lmlib.main command line: before `&`, `;`, `|` or a comment.
     command = re.sub(r"(python -m lmlib\.main\b(?![^&;|#\n]*--mode=(?:list|show|dry_run))"
                      r"[^&;|#\n]*?)(\s*(?:[&;|#]|$))", rf"\1 {SHORT}\2", command, flags=re.M)
-    command = re.sub(r"^make demo\b", f'make demo ARGS="{SHORT}"', command, flags=re.M)
+    # -o: make never reinstalls the shared .venv from the scratch directory.
+    command = re.sub(r"^make demo\b", f'make -o .venv/.installed demo ARGS="{SHORT}"',
+                     command, flags=re.M)
     command = re.sub(r"^make test\b.*$", "", command, flags=re.M)
     for old, new in SHRINK.items():
         command = command.replace(old, new)

@@ -3,7 +3,8 @@ the eval loss, multiple-choice accuracy, samples, a Hugging Face export. Each mo
 config and its code, and a `make(run)` that returns its hook, or None where it is off; making
 it checks what it reads (task files, an eval split) before anything compiles.
 
-A hook is called as `hook(step, state, logger)` and returns metrics to log, or None. A new one
+Inputs a hook can check from the config alone (task files, an export's needs) are checked by
+`check_hooks` before any data is prepared. A hook is called as `hook(step, state, logger)` and returns metrics to log, or None. A new one
 is a module here, a field of TrainerConfig for its config and an entry in HOOKS; the loop is
 not touched.
 """
@@ -29,6 +30,15 @@ class Hook(Protocol):
 
 HOOKS = {"eval_loss": eval_loss.make, "multiple_choice": multiple_choice.make,
          "samples": samples.make, "hf_export": hf_export.make}
+
+
+# The inputs a hook can check from the config alone: checked before any data is prepared.
+CHECKS = [multiple_choice.check, hf_export.check]
+
+
+def check_hooks(run: Run) -> None:
+    for check in CHECKS:
+        check(run)
 
 
 def make_hooks(run: Run) -> list[Hook]:

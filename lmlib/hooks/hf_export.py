@@ -53,13 +53,21 @@ class HFExport:
             print(f"exported a Hugging Face model to {out.remote}", flush=True)
 
 
-def make(run: Run) -> HFExport | None:
+def check(run: Run) -> None:
+    """What an export needs, checked from the config alone."""
     config = run.config.trainer.hf_export
     if not config.every_steps:
-        return None
+        return
     if importlib.util.find_spec("transformers") is None:
         raise ConfigError("trainer.hf_export writes tokenizer files with transformers: "
                           "pip install 'lmlib[hf]'")
     if not (config.path or run.workdir):
         raise ConfigError("trainer.hf_export needs trainer.hf_export.path or --workdir")
+
+
+def make(run: Run) -> HFExport | None:
+    config = run.config.trainer.hf_export
+    if not config.every_steps:
+        return None
+    check(run)
     return HFExport(run, epath.Path(config.path or epath.Path(run.workdir) / "hf"))

@@ -53,5 +53,10 @@ class MultipleChoice:
         return metrics
 
 
+def check(run: Run) -> None:
+    """The task files exist and parse, checked from the config alone."""
+    read_tasks(run.config.trainer.multiple_choice)
+
+
 def make(run: Run) -> MultipleChoice | None:
     return MultipleChoice(run) if run.config.trainer.multiple_choice.every_steps else None

@@ -27,8 +27,10 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from lmlib import distributed
@@ -102,21 +104,32 @@ def parse_duration(text: str, key: str = "trainer.checkpoint.save_interval") -> 
 def check_writable(directory: str | os.PathLike, nbytes: int) -> None:
     """Raises a ConfigError, before the first step, where a checkpoint of `nbytes` cannot be
     written to `directory`: it refuses a file, or a local disk has less room than that."""
-    if jax.process_index() != 0:
-        return
     directory = absolute(directory)
+    error = _unwritable(directory, nbytes) if jax.process_index() == 0 else ""
+    error = distributed.allgather_json(error)[0]  # every process stops, not only process 0
+    if error:
+        raise ConfigError(error)
+
+
+def _unwritable(directory: epath.Path, nbytes: int) -> str:
+    """Why a checkpoint of `nbytes` cannot be written to `directory`, or ""."""
     probe = directory / ".lmlib-write-probe"
     try:
         directory.mkdir(parents=True, exist_ok=True)
         probe.write_text("lmlib checks that checkpoints can be written here\n")
         probe.unlink()
     except Exception as e:
-        raise ConfigError(f"cannot write checkpoints to {directory}: {one_line(e)}") from None
+        return f"cannot write checkpoints to {directory}: {one_line(e)}"
     if not is_remote(directory):
         free = shutil.disk_usage(directory).free
         if free < nbytes:
-            raise ConfigError(f"{directory}: {free / 2**30:.2f} GiB free, but a checkpoint of "
-                              f"this run takes {nbytes / 2**30:.2f} GiB")
+            return (f"{directory}: {free / 2**30:.2f} GiB free, but a checkpoint of this run "
+                    f"takes {nbytes / 2**30:.2f} GiB")
+    return ""
+
+
+MAX_RETRY_DELAY = 300  # seconds: the doubling backoff stops growing here
+SAVE_NOW_DELAY = 5  # seconds between the tries of a save that must finish (end, preemption)
 
 
 class Checkpointer:
@@ -168,24 +181,35 @@ class Checkpointer:
             return False
 
     def should_save(self, step: int) -> bool:
-        """Whether a policy asks for a save at `step`, or a failed save is due to be retried."""
-        if self.failures:
-            return time.monotonic() >= self._retry_at
-        return self.manager.should_save(step)
+        """Whether a policy asks for a save at `step`, or a failed save is due to be retried
+        (none while a retry is still being written). Every process gets the same answer."""
+        if not self.failures:
+            return self.manager.should_save(step)  # Orbax agrees across processes itself
+        due = self.pending is None and time.monotonic() >= self._retry_at
+        if jax.process_count() > 1:  # each process's clock differs: process 0 decides
+            due = bool(multihost_utils.broadcast_one_to_all(np.bool_(due)))
+        return due
 
     def save(self, step: int, state, data_state: dict, config: dict, model_type: str) -> None:
-        """Starts saving `step` (in the background when async); check() confirms it.
+        """Starts saving `step` (in the background when async); check() confirms it. Where the
+        save before it turns out to have failed, this one waits for that retry's backoff.
 
         Every process calls it: each writes its shards of the arrays, and process 0 writes the
         meta item, with every process's `data_state` gathered into it."""
+        failures = self.failures
         self.check(block=True)  # one save at a time: the previous one is confirmed first
+        if self.failures > failures:
+            return
+        self._start(step, state, data_state, config, model_type)
+
+    def _start(self, step: int, state, data_state: dict, config: dict, model_type: str) -> None:
         meta = {"step": step, "data": distributed.allgather_json(data_state), "config": config,
                 "model_type": model_type}
-        if jax.process_index() == 0 and (self.directory / str(step)).exists():
-            (self.directory / str(step)).rmtree()  # a failed try at this step left it unfinished
         self.pending, self._started = step, time.monotonic()
         self._orbax_errors.clear()
         try:
+            if jax.process_index() == 0 and (self.directory / str(step)).exists():
+                (self.directory / str(step)).rmtree()  # an earlier try left it unfinished
             self.manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)), force=True)
         except Exception as e:  # a synchronous save fails here, an async one in its thread
@@ -194,14 +218,15 @@ class Checkpointer:
     def save_now(self, step: int, state, data_state: dict, config: dict,
                  model_type: str) -> None:
         """Saves `step` and waits until it is committed, trying again with the same state after
-        a failure (the end of the run, a preemption); raises CheckpointFailed when every try
-        fails."""
+        a failure, at most SAVE_NOW_DELAY apart (the end of the run, a preemption: its grace
+        period is short); raises CheckpointFailed when every try fails."""
+        self.check(block=True)
         while True:
-            self.save(step, state, data_state, config, model_type)
+            self._start(step, state, data_state, config, model_type)
             self.check(block=True)
             if not self.failures:
                 return
-            time.sleep(max(0.0, self._retry_at - time.monotonic()))
+            time.sleep(min(SAVE_NOW_DELAY, max(0.0, self._retry_at - time.monotonic())))
 
     def check(self, block: bool = False) -> None:
         """Confirms the pending save once it has finished (`block`: waits for it).
@@ -221,17 +246,24 @@ class Checkpointer:
             self.last_good, self.failures = step, 0
             return
         self.failures += 1
-        with contextlib.suppress(Exception):  # its error was the one just reported
-            self.manager.close()
-        self.manager = self._open()  # forgets the failed step and clears its temporary files
         last_good = (f"{self.directory}/{self.last_good}" if self.last_good is not None
                      else "none: no checkpoint of this run was saved")
+        stop = (f"The last good checkpoint is {last_good}; the same command resumes from it "
+                "once the storage works")
+        with contextlib.suppress(Exception):  # its error was the one just reported
+            self.manager.close()
+        try:
+            self.manager = self._open()  # forgets the failed step, clears its temporary files
+        except Exception as e:
+            raise CheckpointFailed(f"saving step {step} failed ({reason}), and the checkpoint "
+                                   f"directory cannot be opened again ({one_line(e)}); "
+                                   f"stopping. {stop}") from None
         if self.failures > self.config.save_retries:
             raise CheckpointFailed(
                 f"saving a checkpoint failed {self.failures} times in a row, last at step {step}"
-                f" ({reason}); stopping. The last good checkpoint is {last_good}; the same "
-                "command resumes from it once the storage works")
-        delay = self.config.retry_delay_seconds * 2 ** (self.failures - 1)
+                f" ({reason}); stopping. {stop}")
+        delay = min(MAX_RETRY_DELAY,
+                    self.config.retry_delay_seconds * 2 ** (self.failures - 1))
         self._retry_at = time.monotonic() + delay
         print(f"checkpoint: saving step {step} to {self.directory}/{step} failed ({reason}), "
               f"found {time.monotonic() - self._started:.1f}s after it started; retry "
@@ -246,7 +278,13 @@ class Checkpointer:
             return one_line(e)
         # Orbax logs some failures (its finalisation) instead of raising them: what counts is
         # whether the step directory is committed. Process 0 commits it, after every process.
-        if jax.process_index() == 0 and step not in ocp.step.checkpoint_steps(self.directory):
+        if jax.process_index() != 0:
+            return ""
+        try:
+            committed = ocp.step.is_path_finalized(self.directory / str(step))
+        except Exception as e:  # the storage itself failing
+            return one_line(e)
+        if not committed:
             errors = self._orbax_errors
             return errors[-1] if errors else "the checkpoint was not committed"
         return ""

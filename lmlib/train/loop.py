@@ -9,7 +9,7 @@ from collections.abc import Callable
 import jax
 
 from lmlib.errors import TrainingDiverged
-from lmlib.hooks import Hook, make_hooks
+from lmlib.hooks import Hook, check_hooks, make_hooks
 from lmlib.train import checkpoint as ckpt
 from lmlib.train import params
 from lmlib.train.checkpoint import Checkpointer
@@ -44,6 +44,7 @@ class Trainer:
             return None
         if trainer.checkpoint.load_from and resume is None:
             params.check_params(run, trainer.checkpoint.load_from)
+        check_hooks(run)  # task files and the like, before the data is prepared
         batches = run.train_iterator()
         hooks = self.make_hooks(run)
         if run.workdir:
@@ -90,8 +91,9 @@ class Trainer:
                                 step, state, batches.get_state(), saved_config, model_type)
                         last_log_time += time.monotonic() - pause_start
                     # A failed save is found here, at the latest the step after it failed (with
-                    # several processes at log steps, where they agree on it together).
-                    if checkpointer and (jax.process_count() == 1 or logged):
+                    # several processes at steps that log, where they agree on it together).
+                    logs = due(trainer.log_every) or step == 1 or bool(due_hooks)
+                    if checkpointer and (jax.process_count() == 1 or logs):
                         checkpointer.check()
                     if logged:
                         logger.write(step, logged)

@@ -98,13 +98,15 @@ def test_the_end_of_run_and_sigterm_saves_exit_0_only_when_committed(gcs_write_f
     env = {**os.environ, **gcs_emulator, "JAX_PLATFORMS": "cpu"}
     process = subprocess.Popen(
         [sys.executable, "-m", "lmlib.main", *CHECKPOINTED, *FAST_RETRIES,
-         "--set=trainer.num_train_steps=100000", f"--workdir=gs://{GCS_BUCKET}/preempted"],
+         "--set=trainer.num_train_steps=100000", "--set=trainer.checkpoint.save_every_steps=0",
+         f"--workdir=gs://{GCS_BUCKET}/preempted"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     read_until_step(process, 3)
     process.send_signal(signal.SIGTERM)
     output = process.communicate(timeout=300)[0]
     assert process.returncode == 1, output
-    assert "saving a checkpoint failed 3 times in a row" in output
+    assert "SIGTERM: saving a checkpoint after this step" in output  # the preemption save,
+    assert "saving a checkpoint failed 3 times in a row" in output  # the only one of the run
     assert "preempted: saved a checkpoint" not in output
 
 
