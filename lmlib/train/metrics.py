@@ -121,14 +121,15 @@ class StagedDirectory:
         return copied
 
     def close(self, tries: int = 3) -> bool:
-        """Pushes what is left, `tries` times 1, 2, 4... s apart, and returns whether all is
-        copied; where not, the local copy is kept, and named."""
+        """Pushes what is left, up to `tries` times 1, 2, 4... s apart, and returns whether all
+        is copied; where not, the local copy is kept, and named."""
         for attempt in range(tries):
+            if attempt:
+                time.sleep(2 ** (attempt - 1))
             if self.push():
                 if self.is_remote:
                     shutil.rmtree(self.local)
                 return True
-            time.sleep(2 ** attempt)
         print(f"kept what could not be copied to {self.remote} in {self.local}", flush=True)
         return False
 
